@@ -1,0 +1,118 @@
+"""Frozen, validated settings. Every field is checked when the object is built; unknown keys are errors."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, TypeVar
+
+from latentcot.errors import InputError
+
+GATES = ("token", "latent", "entropy", "fixed")
+UNITS = ("nats", "bits", "normalized")
+LATENT_MODES = ("hidden", "hidden-normed", "soft", "topk-soft")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+C = TypeVar("C")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    _check(value in choices, f"unknown {what} {value!r}; valid: {', '.join(choices)}")
+
+
+def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+    """Build a config dataclass from a mapping; unknown keys are an error naming the valid ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    _check(not unknown, f"unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str                       # HF hub id, local save_pretrained dir, or builtin:NAME
+    tokenizer: str | None = None     # defaults to the model's own
+    dtype: str = "auto"              # auto = the checkpoint's dtype (fp32 on CPU for half checkpoints)
+    device: str = "auto"             # auto = cuda when available, else cpu
+    trust_remote_code: bool = False  # run code shipped with a checkpoint only when asked to
+    revision: str | None = None      # hub revision (branch, tag or commit)
+
+    def __post_init__(self):
+        _check(bool(self.model.strip()), "model must not be empty")
+        _choice(self.dtype, DTYPES, "dtype")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_new_tokens: int = 128       # generated positions per row: tokens, latents and markers alike
+    temperature: float = 0.0        # 0 = greedy (argmax); > 0 = sample from softmax(logits / T)
+    top_p: float = 1.0              # nucleus sampling mass (1 = off)
+    top_k: int = 0                  # keep the k most likely tokens (0 = off)
+    stop: tuple[str, ...] = ()      # a row finishes once its token text contains one of these
+    markers: tuple[str, str] | None = None  # (begin, end) thought tokens fed around latent segments
+
+    def __post_init__(self):
+        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+               f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        _check(math.isfinite(self.temperature) and self.temperature >= 0,
+               f"temperature must be >= 0, got {self.temperature!r}")
+        _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
+        _check(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be >= 0, got {self.top_k!r}")
+        _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        _check(self.markers is None or (len(self.markers) == 2 and all(self.markers)),
+               "markers must be two non-empty token strings (begin, end)")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.markers is not None:
+            object.__setattr__(self, "markers", tuple(self.markers))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    kind: str = "token"                 # token | latent | entropy | fixed
+    threshold: float | None = None      # entropy gate: latent when H > threshold (in `unit`)
+    unit: str = "nats"                  # nats | bits | normalized (H / log V)
+    max_consecutive: int | None = None  # entropy gate: at most this many latent steps in a row
+    max_latent: int | None = None       # entropy gate: at most this many latent steps per row
+    k: int | None = None                # fixed gate: the first k steps are latent
+
+    def __post_init__(self):
+        _choice(self.kind, GATES, "gate")
+        _choice(self.unit, UNITS, "unit")
+        if self.kind == "entropy":
+            _check(self.threshold is not None, "the entropy gate needs a threshold")
+            _check(not math.isnan(self.threshold) and self.threshold >= 0,
+                   f"threshold must be a number >= 0, got {self.threshold!r}")
+        else:
+            _check(self.threshold is None, f"threshold only applies to the entropy gate, not {self.kind!r}")
+        for name in ("max_consecutive", "max_latent"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and value >= 0), f"{name} must be an integer >= 0")
+            _check(value is None or self.kind == "entropy", f"{name} only applies to the entropy gate")
+        if self.kind == "fixed":
+            _check(isinstance(self.k, int) and self.k >= 0, "the fixed gate needs k, an integer >= 0")
+        else:
+            _check(self.k is None, f"k only applies to the fixed gate, not {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    kind: str = "hidden"         # hidden | hidden-normed | soft | topk-soft
+    temperature: float = 1.0     # soft modes: weights are softmax(logits / temperature)
+    top_k: int = 8               # topk-soft: mix only the k most likely token embeddings
+
+    def __post_init__(self):
+        _choice(self.kind, LATENT_MODES, "latent mode")
+        _check(math.isfinite(self.temperature) and self.temperature > 0,
+               f"latent temperature must be > 0, got {self.temperature!r}")
+        _check(isinstance(self.top_k, int) and self.top_k >= 1, f"latent top_k must be >= 1, got {self.top_k!r}")

@@ -1,0 +1,236 @@
+"""Hybrid token/latent decoding: batched prefill, then one KV-cached forward per step.
+
+At every step and for every row the gate picks the next input: the embedding of a sampled token
+(ordinary chain of thought) or a latent vector (continuous thought), combined with
+``where(is_latent, latent, embed(token))`` so rows of one batch can take different modes in the
+same forward. The engine never touches files.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from latentcot.config import DecodeConfig
+from latentcot.errors import InputError
+from latentcot.gates import Gate
+from latentcot.latent import LatentMode
+from latentcot.sampling import choose_tokens, distribution_stats, make_generators, row_seed
+from latentcot.types import LATENT, LATENT_TEXT, MARKER, TOKEN, EmbeddingTable, StepView, Trace
+
+MODES = (TOKEN, LATENT, MARKER)  # codes 0, 1, 2 in the per-step mode tensor
+FINISH = ("length", "eos", "stop")
+
+
+@dataclass
+class _Steps:
+    """Per-step tensors for the whole batch, kept on the device until the loop ends."""
+
+    mode: list[torch.Tensor]      # each (B,) long, index into MODES
+    token_id: list[torch.Tensor]  # each (B,) long
+    entropy: list[torch.Tensor]   # each (B,) fp32
+    p_token: list[torch.Tensor]   # each (B,) fp32
+    p_max: list[torch.Tensor]     # each (B,) fp32
+    active: list[torch.Tensor]    # each (B,) bool, the row was generating at this step
+
+    def stacked(self) -> dict[str, list[list]]:
+        """(T, B) per field -> per row python lists, one sync for everything."""
+        return {name: torch.stack(getattr(self, name), dim=1).cpu().tolist()
+                for name in ("mode", "token_id", "entropy", "p_token", "p_max", "active")}
+
+
+@contextmanager
+def _capture_final_hidden(model) -> Iterator[dict]:
+    """Capture the input of the LM head: the final post-norm hidden state at the kept positions.
+
+    Cheaper than ``output_hidden_states=True`` (which keeps every layer) and exactly what the
+    logits are computed from.
+    """
+    box: dict = {}
+    head = model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: box.__setitem__("hidden", args[0]))
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+def context_length(config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class Engine:
+    """Decodes batches of prompts with a model and its tokenizer (left padding)."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.device
+        self.embed = model.get_input_embeddings()
+        weight = self.embed.weight.detach()                              # (V, D)
+        self.table = EmbeddingTable(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
+        self.context = context_length(model.config)
+        eos = {tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))}
+        eos.discard(None)
+        self.eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=self.device)
+
+    def _marker_ids(self, cfg: DecodeConfig) -> tuple[int, int] | None:
+        if cfg.markers is None:
+            return None
+        ids = []
+        for text in cfg.markers:
+            token_id = self.tokenizer.convert_tokens_to_ids(text)
+            if token_id is None or token_id == self.tokenizer.unk_token_id:
+                raise InputError(f"marker {text!r} is not a single token of this tokenizer")
+            ids.append(token_id)
+        return ids[0], ids[1]
+
+    def _forward(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
+                 box: dict, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward; returns fp32 logits (B, V) and the final hidden state (B, D) of the last position."""
+        out = self.model(**inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float(), box["hidden"][:, -1]
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], gate: Gate, latent: LatentMode, cfg: DecodeConfig,
+                 seed: int | Sequence[int] = 0) -> list[Trace]:
+        """One Trace per prompt. ``seed``: one run seed (rows get derived seeds) or one seed per row."""
+        batch = len(prompts)
+        seeds = [row_seed(seed, i) for i in range(batch)] if isinstance(seed, int) else list(seed)
+        generators = None if cfg.greedy else make_generators(seeds, self.device)
+        markers = self._marker_ids(cfg)
+
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        ids = enc["input_ids"].to(self.device)                          # (B, T)
+        prompt_mask = enc["attention_mask"].to(self.device)             # (B, T), 0 = left padding
+        width = ids.shape[1]
+        if self.context is not None and width + cfg.max_new_tokens > self.context:
+            raise InputError(f"prompt of {width} tokens + max_new_tokens {cfg.max_new_tokens} exceeds "
+                             f"the model's context of {self.context} positions")
+        mask = torch.ones(batch, width + cfg.max_new_tokens, dtype=prompt_mask.dtype, device=self.device)
+        mask[:, :width] = prompt_mask
+        positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # (B, T), as HF does
+        next_position = positions[:, -1:] + 1                           # (B, 1)
+
+        zeros = torch.zeros(batch, dtype=torch.long, device=self.device)
+        n_latent, latent_run = zeros.clone(), zeros.clone()
+        active = torch.ones(batch, dtype=torch.bool, device=self.device)
+        finish = zeros.clone()                                          # index into FINISH
+        after_begin = torch.zeros_like(active)                          # last input was the begin marker
+        after_end = torch.zeros_like(active)                            # last input was the end marker
+        steps = _Steps([], [], [], [], [], [])
+        fed_tokens: list[list[int]] = [[] for _ in range(batch)]        # only kept for stop strings
+
+        cache = DynamicCache(config=self.model.config)
+        with _capture_final_hidden(self.model) as box:
+            logits, hidden = self._forward(cache, prompt_mask, positions, box, input_ids=ids)
+            for t in range(cfg.max_new_tokens):
+                probs, entropy = distribution_stats(logits)             # (B, V), (B,)
+                view = StepView(t, logits, entropy, hidden, n_latent, latent_run, active)
+                want_latent = gate(view)                                # (B,) bool
+                sampled = choose_tokens(logits, cfg, generators)        # (B,)
+                if markers is None:
+                    is_latent, is_marker, fed = want_latent, torch.zeros_like(active), sampled
+                else:
+                    # A begin marker commits the next step to a latent; an end marker to a token.
+                    want_latent = (want_latent | after_begin) & ~after_end
+                    opening = want_latent & (latent_run == 0) & ~after_begin
+                    closing = ~want_latent & (latent_run > 0)
+                    is_latent, is_marker = want_latent & ~opening, opening | closing
+                    fed = torch.where(opening, markers[0], torch.where(closing, markers[1], sampled))
+                    after_begin, after_end = opening, closing
+                recorded = torch.where(is_latent, logits.argmax(-1), fed)
+                x = self.embed(fed)                                     # (B, D)
+                if bool(is_latent.any()):
+                    x = torch.where(is_latent[:, None], latent(view, self.table), x)
+
+                steps.mode.append(is_latent.long() + 2 * is_marker.long())
+                steps.token_id.append(recorded)
+                steps.entropy.append(entropy)
+                steps.p_token.append(probs.gather(-1, recorded[:, None])[:, 0])
+                steps.p_max.append(probs.max(-1).values)
+                steps.active.append(active.clone())
+
+                n_latent += is_latent.long()
+                latent_run = (latent_run + 1) * is_latent.long()
+                is_token = ~is_latent & ~is_marker
+                hit_eos = active & is_token & torch.isin(fed, self.eos_ids)
+                finish = torch.where(hit_eos, FINISH.index("eos"), finish)
+                active = active & ~hit_eos
+                if cfg.stop:
+                    active = self._check_stop(cfg.stop, fed, is_token, active, fed_tokens, finish)
+                if t + 1 == cfg.max_new_tokens or not bool(active.any()):
+                    break
+                step_mask = mask[:, : width + t + 1]
+                logits, hidden = self._forward(cache, step_mask, next_position, box, inputs_embeds=x[:, None])
+                next_position = next_position + 1
+        return self._traces(prompts, steps.stacked(), finish.tolist(), markers)
+
+    def _check_stop(self, stop: tuple[str, ...], fed: torch.Tensor, is_token: torch.Tensor,
+                    active: torch.Tensor, fed_tokens: list[list[int]], finish: torch.Tensor) -> torch.Tensor:
+        """Finish rows whose recent token text contains a stop string (latent steps break the text)."""
+        window = max(len(s) for s in stop) + 1      # a stop string spans at most this many tokens
+        active = active.clone()
+        for row, (token, took_token, alive) in enumerate(zip(fed.tolist(), is_token.tolist(), active.tolist())):
+            if not alive:
+                continue
+            if not took_token:
+                fed_tokens[row].clear()
+                continue
+            fed_tokens[row].append(token)
+            tail = self.tokenizer.decode(fed_tokens[row][-window:])
+            if any(s in tail for s in stop):
+                active[row] = False
+                finish[row] = FINISH.index("stop")
+        return active
+
+    def _traces(self, prompts: Sequence[str], steps: dict[str, list[list]], finish: list[int],
+                markers: tuple[int, int] | None) -> list[Trace]:
+        traces = []
+        for row, prompt in enumerate(prompts):
+            keep = [t for t, alive in enumerate(steps["active"][row]) if alive]
+            field = {name: [steps[name][row][t] for t in keep] for name in steps if name != "active"}
+            modes = [MODES[m] for m in field["mode"]]
+            reason = FINISH[finish[row]]
+            traces.append(Trace(
+                prompt=prompt,
+                completion=self._render(modes, field["token_id"], drop_last=reason == "eos"),
+                finish_reason=reason,
+                mode=modes,
+                token_id=field["token_id"],
+                entropy=field["entropy"],
+                p_token=field["p_token"],
+                p_max=field["p_max"],
+            ))
+        return traces
+
+    def _render(self, modes: list[str], token_ids: list[int], drop_last: bool) -> str:
+        """Completion text: runs of fed tokens decoded together, each latent step as LATENT_TEXT."""
+        if drop_last:  # the EOS token ends the text, it is not part of it
+            modes, token_ids = modes[:-1], token_ids[:-1]
+        parts, run = [], []
+        for mode, token in zip(modes, token_ids):
+            if mode == LATENT:
+                if run:
+                    parts.append(self.tokenizer.decode(run))
+                    run = []
+                parts.append(LATENT_TEXT)
+            else:
+                run.append(token)
+        if run:
+            parts.append(self.tokenizer.decode(run))
+        return "".join(parts)
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -1,0 +1,131 @@
+"""Load any HF causal LM (hub id, local directory, or ``builtin:NAME``) with its tokenizer.
+
+The only module that calls ``from_pretrained``. Every failure a user can cause (missing
+directory, not a causal LM, no tokenizer, unknown hub id) becomes one-line ``InputError``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from latentcot.config import ModelConfig
+from latentcot.errors import InputError
+
+BUILTIN_PREFIX = "builtin:"
+# Types that AutoModelForCausalLM accepts but whose checkpoints are bidirectional encoders.
+ENCODER_ONLY = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "rembert",
+                          "roc_bert", "megatron-bert", "data2vec-text", "xmod", "bert-generation"})
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: Any               # a PreTrainedTokenizerBase, left padding, pad token set
+    identity: dict[str, Any]     # what the run manifest records about the model
+
+
+def resolve_builtin(name: str) -> Path:
+    """Directory of a built-in model. Built-ins are files shipped inside the package."""
+    root = Path(__file__).resolve().parent / "zoo" / "models"
+    available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if name not in available:
+        raise InputError(f"unknown built-in model {name!r}; available: {', '.join(available) or 'none'}")
+    return root / name
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or spec.endswith("/") or Path(spec).exists()
+
+
+def resolve_source(spec: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, is it a local directory)."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return str(resolve_builtin(spec[len(BUILTIN_PREFIX):])), True
+    if _looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise InputError(f"model directory {spec} does not exist")
+        if not (path / "config.json").is_file():
+            raise InputError(f"{spec} is not a saved model directory (no config.json)")
+        return str(path), True
+    return spec, False
+
+
+def _torch_dtype(name: str):
+    if name == "auto":
+        return "auto"
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name} was asked for but no CUDA device is available")
+    return name
+
+
+def _config_hash(source: str, is_local: bool, config) -> str:
+    """Hash of the checkpoint's config: the file when local, else the config's JSON."""
+    text = (Path(source) / "config.json").read_text() if is_local else json.dumps(config.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_tokenizer(source: str, cfg: ModelConfig):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot load a tokenizer from {source}: {exc}") from None
+    if tokenizer.pad_token is None:  # padding is on the left and masked, so any known token will do
+        fallback = tokenizer.eos_token or tokenizer.bos_token or tokenizer.unk_token
+        if fallback is None:
+            raise InputError(f"the tokenizer of {source} has no pad, eos, bos or unk token to pad with")
+        tokenizer.pad_token = fallback
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    source, is_local = resolve_source(cfg.model)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=cfg.revision,
+                                            trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load model {cfg.model!r}: {exc}") from None
+    has_remote_causal = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or has_remote_causal
+    if config.model_type in ENCODER_ONLY and not getattr(config, "is_decoder", False):
+        causal = False  # a masked-LM checkpoint: loading it as causal would give nonsense
+    if not causal or getattr(config, "is_encoder_decoder", False):
+        raise InputError(f"model {cfg.model!r} ({config.model_type}) is not a causal language model")
+    tokenizer_source, _ = resolve_source(cfg.tokenizer) if cfg.tokenizer else (source, is_local)
+    tokenizer = load_tokenizer(tokenizer_source, cfg)
+    device = _device(cfg.device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+            dtype=_torch_dtype(cfg.dtype),
+        )
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load model {cfg.model!r}: {exc}") from None
+    if device == "cpu" and model.dtype == torch.float16:
+        model = model.float()  # fp16 matmuls are slow or missing on CPU
+    model = model.to(device).eval()
+    identity = {
+        "model": cfg.model,
+        "source": source,
+        "model_type": config.model_type,
+        "config_sha256": _config_hash(source, is_local, config),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+    }
+    return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)

@@ -1,0 +1,1 @@
+"""Built-in small models: tokenizers, configs, and the code that builds them."""

@@ -1,0 +1,62 @@
+"""Tiny tokenizers and random-init causal LMs of several architectures, built in-process.
+
+They need no download, so tests, benchmarks and training start from them. A model built here
+is an ordinary HF ``PreTrainedModel``: ``save_pretrained`` it and any HF tool can load it.
+"""
+from __future__ import annotations
+
+import string
+
+import torch
+from tokenizers import Tokenizer, decoders, models
+from transformers import (AutoConfig, AutoModelForCausalLM, PreTrainedModel,
+                          PreTrainedTokenizerFast)
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
+THOUGHT_MARKERS = ("<bot>", "<eot>")  # begin / end of a latent (continuous) thought segment
+DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " \n"
+ARCHITECTURES = ("gpt2", "llama", "qwen2")
+
+
+def char_tokenizer(alphabet: str = DEFAULT_ALPHABET,
+                   extra_special: tuple[str, ...] = THOUGHT_MARKERS) -> PreTrainedTokenizerFast:
+    """One token per character of ``alphabet``, plus special tokens; decodes without separators."""
+    specials = [*SPECIAL_TOKENS, *extra_special]
+    chars = sorted(set(alphabet) - set(specials))
+    vocab = {token: i for i, token in enumerate([*specials, *chars])}
+    # BPE without merges splits text into single characters from the vocabulary.
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
+        eos_token="<eos>", additional_special_tokens=list(extra_special),
+    )
+
+
+def tiny_config(arch: str, vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 2,
+                positions: int = 512, init_std: float = 0.02, pad_id: int = 0, bos_id: int = 2,
+                eos_id: int = 3):
+    """An HF config of ``arch`` at toy size. head_dim = hidden / heads (vLLM's CPU backend needs >= 32)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    ids = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
+               initializer_range=init_std, tie_word_embeddings=False)
+    if arch == "gpt2":
+        return AutoConfig.for_model("gpt2", n_embd=hidden, n_layer=layers, n_head=heads,
+                                    n_positions=positions, **ids)
+    return AutoConfig.for_model(arch, hidden_size=hidden, intermediate_size=4 * hidden,
+                                num_hidden_layers=layers, num_attention_heads=heads,
+                                num_key_value_heads=heads, max_position_embeddings=positions, **ids)
+
+
+def tiny_model(arch: str, tokenizer: PreTrainedTokenizerFast, *, seed: int = 0,
+               **config_kwargs) -> PreTrainedModel:
+    """A random-init causal LM of ``arch`` sized for ``tokenizer``, deterministic in ``seed``."""
+    config = tiny_config(arch, len(tokenizer), pad_id=tokenizer.pad_token_id,
+                         bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, **config_kwargs)
+    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval()
