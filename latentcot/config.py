@@ -57,6 +57,7 @@ class DecodeConfig:
     top_k: int = 0                  # keep the k most likely tokens (0 = off)
     stop: tuple[str, ...] = ()      # a row finishes once its token text contains one of these
     markers: tuple[str, str] | None = None  # (begin, end) thought tokens fed around latent segments
+    ignore_eos: bool = False        # keep generating past EOS (fixed-length benchmarks)
 
     def __post_init__(self):
         _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
@@ -116,3 +117,36 @@ class LatentConfig:
         _check(math.isfinite(self.temperature) and self.temperature > 0,
                f"latent temperature must be > 0, got {self.temperature!r}")
         _check(isinstance(self.top_k, int) and self.top_k >= 1, f"latent top_k must be >= 1, got {self.top_k!r}")
+
+
+def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> dict[str, Any]:
+    """The ``setting`` object of a record: everything that changes how a row is decoded."""
+    return {
+        "gate": gate.kind, "threshold": gate.threshold, "unit": gate.unit, "k": gate.k,
+        "max_consecutive": gate.max_consecutive, "max_latent": gate.max_latent,
+        "latent": latent.kind, "latent_temperature": latent.temperature, "latent_top_k": latent.top_k,
+        "temperature": decode.temperature, "top_p": decode.top_p, "top_k": decode.top_k,
+        "max_new_tokens": decode.max_new_tokens,
+        "markers": list(decode.markers) if decode.markers else None,
+    }
+
+
+def setting_id(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> str:
+    """A short, readable, deterministic name, e.g. ``entropy-1.5nats-soft`` or ``token``."""
+    if gate.kind == "token":
+        parts = ["token"]
+    elif gate.kind == "latent":
+        parts = ["latent", latent.kind]
+    elif gate.kind == "fixed":
+        parts = [f"fixed-k{gate.k}", latent.kind]
+    else:
+        parts = [f"entropy-{gate.threshold:g}{gate.unit[:4]}", latent.kind]
+        if gate.max_consecutive is not None:
+            parts.append(f"run{gate.max_consecutive}")
+        if gate.max_latent is not None:
+            parts.append(f"max{gate.max_latent}")
+    if gate.kind != "token" and latent.kind in ("soft", "topk-soft"):
+        parts.append(f"lt{latent.temperature:g}" + (f"k{latent.top_k}" if latent.kind == "topk-soft" else ""))
+    if decode.temperature > 0:
+        parts.append(f"T{decode.temperature:g}p{decode.top_p:g}k{decode.top_k}")
+    return "-".join(parts)

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 from latentcot.config import DecodeConfig
 from latentcot.errors import InputError
 from latentcot.gates import Gate
+from latentcot.kvcache import preallocated_cache
 from latentcot.latent import LatentMode
 from latentcot.sampling import choose_tokens, distribution_stats, make_generators, row_seed
 from latentcot.types import LATENT, LATENT_TEXT, MARKER, TOKEN, EmbeddingTable, StepView, Trace
@@ -129,16 +130,17 @@ class Engine:
         steps = _Steps([], [], [], [], [], [])
         fed_tokens: list[list[int]] = [[] for _ in range(batch)]        # only kept for stop strings
 
-        cache = DynamicCache(config=self.model.config)
+        cache = preallocated_cache(self.model.config, capacity=width + cfg.max_new_tokens)
         with _capture_final_hidden(self.model) as box:
             logits, hidden = self._forward(cache, prompt_mask, positions, box, input_ids=ids)
             for t in range(cfg.max_new_tokens):
                 probs, entropy = distribution_stats(logits)             # (B, V), (B,)
                 view = StepView(t, logits, entropy, hidden, n_latent, latent_run, active)
                 want_latent = gate(view)                                # (B,) bool
-                sampled = choose_tokens(logits, cfg, generators)        # (B,)
+                argmax = logits.argmax(-1)                              # (B,)
+                sampled = argmax if cfg.greedy else choose_tokens(logits, cfg, generators)
                 if markers is None:
-                    is_latent, is_marker, fed = want_latent, torch.zeros_like(active), sampled
+                    is_latent, is_marker, fed = want_latent, None, sampled
                 else:
                     # A begin marker commits the next step to a latent; an end marker to a token.
                     want_latent = (want_latent | after_begin) & ~after_end
@@ -147,25 +149,27 @@ class Engine:
                     is_latent, is_marker = want_latent & ~opening, opening | closing
                     fed = torch.where(opening, markers[0], torch.where(closing, markers[1], sampled))
                     after_begin, after_end = opening, closing
-                recorded = torch.where(is_latent, logits.argmax(-1), fed)
+                recorded = torch.where(is_latent, argmax, fed)
                 x = self.embed(fed)                                     # (B, D)
                 if bool(is_latent.any()):
                     x = torch.where(is_latent[:, None], latent(view, self.table), x)
 
-                steps.mode.append(is_latent.long() + 2 * is_marker.long())
+                steps.mode.append(is_latent.long() if is_marker is None else is_latent.long() + 2 * is_marker.long())
                 steps.token_id.append(recorded)
                 steps.entropy.append(entropy)
                 steps.p_token.append(probs.gather(-1, recorded[:, None])[:, 0])
-                steps.p_max.append(probs.max(-1).values)
-                steps.active.append(active.clone())
+                steps.p_max.append(probs.gather(-1, argmax[:, None])[:, 0])
+                steps.active.append(active)
 
-                n_latent += is_latent.long()
-                latent_run = (latent_run + 1) * is_latent.long()
-                is_token = ~is_latent & ~is_marker
-                hit_eos = active & is_token & torch.isin(fed, self.eos_ids)
-                finish = torch.where(hit_eos, FINISH.index("eos"), finish)
-                active = active & ~hit_eos
+                n_latent = n_latent + is_latent
+                latent_run = (latent_run + 1) * is_latent
+                if not cfg.ignore_eos:
+                    is_token = ~is_latent if is_marker is None else ~is_latent & ~is_marker
+                    hit_eos = active & is_token & torch.isin(fed, self.eos_ids)
+                    finish = torch.where(hit_eos, FINISH.index("eos"), finish)
+                    active = active & ~hit_eos
                 if cfg.stop:
+                    is_token = ~is_latent if is_marker is None else ~is_latent & ~is_marker
                     active = self._check_stop(cfg.stop, fed, is_token, active, fed_tokens, finish)
                 if t + 1 == cfg.max_new_tokens or not bool(active.any()):
                     break

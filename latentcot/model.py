@@ -78,12 +78,22 @@ def _config_hash(source: str, is_local: bool, config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "tekken.json")
+
+
 def load_tokenizer(source: str, cfg: ModelConfig):
+    local = Path(source)
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(f"cannot load a tokenizer from {source}: no tokenizer files there "
+                         "(save one with tokenizer.save_pretrained or pass --tokenizer)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
                                                   trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"cannot load a tokenizer from {source}: {exc}") from None
+    if len(tokenizer) < 2:  # transformers can build an empty tokenizer from a config alone
+        raise InputError(f"cannot load a tokenizer from {source}: it has an empty vocabulary")
     if tokenizer.pad_token is None:  # padding is on the left and masked, so any known token will do
         fallback = tokenizer.eos_token or tokenizer.bos_token or tokenizer.unk_token
         if fallback is None:

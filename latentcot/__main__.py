@@ -1,0 +1,3 @@
+from latentcot.cli import main
+
+main()

@@ -1,0 +1,199 @@
+"""An experiment: tasks × settings on one model, decoded in batches, scored, appended to a run.
+
+``execute`` validates everything (tasks, examples, model) before the run directory is created,
+so bad input leaves nothing behind; ``run_examples`` is the resumable inner loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig, setting_id, setting_of
+from latentcot.engine import Engine
+from latentcot.errors import InputError
+from latentcot.gates import make_gate
+from latentcot.latent import make_latent
+from latentcot.sampling import row_seed
+from latentcot.store import RunStore, read_samples
+from latentcot.types import Example, SampleRecord, Trace
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Setting:
+    gate: GateConfig
+    latent: LatentConfig
+    decode: DecodeConfig
+
+    @property
+    def id(self) -> str:
+        return setting_id(self.gate, self.latent, self.decode)
+
+    def as_dict(self) -> dict:
+        return setting_of(self.gate, self.latent, self.decode)
+
+
+def make_record(task, example: Example, setting: Setting, trace: Trace) -> SampleRecord:
+    extraction = task.extract(trace.completion)
+    return SampleRecord(
+        setting=setting.as_dict(), setting_id=setting.id, task=task.name,
+        domain=example.domain or task.domain, example_id=example.id, prompt=trace.prompt,
+        completion=trace.completion, answer=example.answer, prediction=extraction.prediction,
+        correct=bool(task.score(example, extraction.prediction)), n_steps=trace.n_steps,
+        n_latent=trace.n_latent, steps=trace.steps(), extraction=extraction.strategy,
+        finish_reason=trace.finish_reason,
+    )
+
+
+def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Sequence[Setting],
+                 store: RunStore, *, batch_size: int, seed: int,
+                 on_batch: Callable[[int, int], None] = lambda rows, steps: None) -> int:
+    """Decode every (example, setting) not yet in ``store``; returns how many records were added.
+
+    Rows are seeded by (seed, example id), so a record does not depend on batch size, on which
+    examples share its batch, or on whether the run was resumed.
+    """
+    done = store.done_keys()
+    added = 0
+    for setting in settings:
+        gate, latent = make_gate(setting.gate), make_latent(setting.latent)
+        todo = [e for e in examples if (task.name, setting.id, e.id) not in done]
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            traces = engine.generate([task.prompt(e) for e in batch], gate, latent, setting.decode,
+                                     seed=[row_seed(seed, e.id) for e in batch])
+            for example, trace in zip(batch, traces):
+                store.append(make_record(task, example, setting, trace).to_dict())
+            added += len(batch)
+            on_batch(len(batch), sum(t.n_steps for t in traces))
+    return added
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that determines a run's records (the manifest's ``config``)."""
+
+    model: ModelConfig
+    tasks: tuple[str, ...]            # task specs: registered names (with parameters) or files
+    settings: tuple[Setting, ...]
+    split: str = "test"
+    limit: int | None = None          # examples per task
+    batch_size: int = 16
+    seed: int = 0
+    prompt_file: str | None = None
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise InputError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
+        if not self.tasks:
+            raise InputError("no task given")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-shaped (lists, not tuples), so it compares equal to a manifest read back from disk."""
+        config = {**dataclasses.asdict(self), "settings": {s.id: s.as_dict() for s in self.settings}}
+        return json.loads(json.dumps(config))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import latentcot
+    return {"latentcot": latentcot.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def manifest(plan: Plan, model_identity: dict, argv: Sequence[str]) -> dict[str, Any]:
+    return {"command": list(argv), "config": plan.as_dict(), "seed": plan.seed, "model": model_identity,
+            "device": model_identity.get("device"), "versions": _versions(), "git_commit": _git_commit(),
+            "host": platform.node()}
+
+
+def default_run_dir(plan: Plan, root: Path = Path("runs")) -> Path:
+    digest = hashlib.sha256(json.dumps(plan.as_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    return root / f"{datetime.now():%Y%m%d-%H%M%S}-{digest[:6]}"
+
+
+def load_examples(plan: Plan) -> list[tuple[Any, list[Example]]]:
+    from latentcot.tasks import load_task
+
+    loaded = []
+    for spec in plan.tasks:
+        task = load_task(spec, plan.prompt_file)
+        examples = task.examples(plan.split, plan.limit, plan.seed)
+        if not examples:
+            raise InputError(f"task {spec} has no examples")
+        loaded.append((task, examples))
+    return loaded
+
+
+def summarize(records: Sequence[dict]) -> list[dict[str, Any]]:
+    """Accuracy and latent fraction per (task, setting), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["setting_id"]), []).append(r)
+    return [{"task": task, "setting": sid, "n": len(rs),
+             "accuracy": sum(r["correct"] for r in rs) / len(rs),
+             "latent_fraction": sum(r["n_latent"] for r in rs) / max(1, sum(r["n_steps"] for r in rs)),
+             "mean_steps": sum(r["n_steps"] for r in rs) / len(rs)}
+            for (task, sid), rs in groups.items()]
+
+
+def format_summary(rows: Sequence[dict[str, Any]]) -> str:
+    head = f"{'task':<20} {'setting':<32} {'n':>5} {'accuracy':>9} {'latent':>7} {'steps':>7}"
+    lines = [head] + [f"{r['task'][:20]:<20} {r['setting'][:32]:<32} {r['n']:>5} {r['accuracy']:>9.3f} "
+                      f"{r['latent_fraction']:>7.3f} {r['mean_steps']:>7.1f}" for r in rows]
+    return "\n".join(lines)
+
+
+def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequence[str] = (),
+            echo: Callable[[str], None] = print) -> Path:
+    """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory."""
+    from tqdm import tqdm
+
+    from latentcot.model import load_model
+
+    tasks = load_examples(plan)
+    loaded = load_model(plan.model)
+    out = out if out is not None else default_run_dir(plan)
+    total = sum(len(examples) for _, examples in tasks) * len(plan.settings)
+    with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume) as store:
+        engine = Engine(loaded.model, loaded.tokenizer)
+        done = len(store.done_keys())
+        started = time.perf_counter()
+        steps = 0
+        with tqdm(total=total, initial=done, desc="samples", unit="ex", dynamic_ncols=True) as bar:
+            def progress(rows: int, n_steps: int) -> None:
+                nonlocal steps
+                steps += n_steps
+                bar.update(rows)
+                bar.set_postfix(steps_per_s=f"{steps / max(time.perf_counter() - started, 1e-9):.0f}")
+
+            for task, examples in tasks:
+                run_examples(engine, task, examples, plan.settings, store, batch_size=plan.batch_size,
+                             seed=plan.seed, on_batch=progress)
+    echo(format_summary(summarize(read_samples(out))))
+    echo(f"records: {out / 'samples.jsonl'}")
+    return out

@@ -1,0 +1,125 @@
+"""RunStore: a run directory with ``manifest.json`` and an append-only ``samples.jsonl``.
+
+Each record is written as one complete line, flushed and fsynced, so a killed run loses at most
+the line being written; on resume a torn last line is dropped and every recorded
+(task, setting_id, example_id) is skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from latentcot.errors import InputError
+
+MANIFEST = "manifest.json"
+SAMPLES = "samples.jsonl"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _config_differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    diffs = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return diffs
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Truncate a samples file to its last complete line (a kill can leave half a line)."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def iter_samples(path: Path) -> Iterator[dict]:
+    """Records of a samples.jsonl; a malformed complete line is an error naming file:line."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith("\n"):
+                return  # a torn last line is not a record
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"malformed record: {exc.msg}", where=f"{path}:{number}") from None
+
+
+def read_samples(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / SAMPLES
+    if not path.is_file():
+        raise InputError(f"{run_dir} has no {SAMPLES}")
+    return list(iter_samples(path))
+
+
+class RunStore:
+    """Owns one run directory. Create it with ``RunStore.open``."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self.manifest = manifest
+        self._samples = open(root / SAMPLES, "a", encoding="utf-8")
+
+    @classmethod
+    def open(cls, root: str | Path, manifest: Mapping[str, Any], resume: bool = False) -> "RunStore":
+        """Start a run (the directory must be new or empty) or, with ``resume``, continue one whose
+        manifest has the same ``config``."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise InputError(f"--out {root} is a file, not a directory")
+        existing = root / MANIFEST
+        if root.is_dir() and any(root.iterdir()):
+            if not resume:
+                raise InputError(f"run directory {root} is not empty; pass --resume to continue it "
+                                 "or choose another --out")
+            if not existing.is_file():
+                raise InputError(f"cannot resume {root}: it has no {MANIFEST}")
+            old = json.loads(existing.read_text())
+            diffs = _config_differences(old.get("config", {}), manifest.get("config", {}))
+            if diffs:
+                raise InputError(f"cannot resume {root}: its config differs: {'; '.join(diffs)}")
+            merged = {**old, "resumed_at": [*old.get("resumed_at", []), now()], "finished_at": None}
+            if (root / SAMPLES).exists():
+                _drop_torn_tail(root / SAMPLES)
+            _write_json_atomic(existing, merged)
+            return cls(root, merged)
+        root.mkdir(parents=True, exist_ok=True)
+        fresh = {**manifest, "started_at": now(), "finished_at": None}
+        _write_json_atomic(existing, fresh)
+        return cls(root, fresh)
+
+    def done_keys(self) -> set[tuple[str, str, str]]:
+        """(task, setting_id, example_id) of every complete record."""
+        return {(r["task"], r["setting_id"], r["example_id"]) for r in iter_samples(self.root / SAMPLES)}
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        self._samples.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._samples.flush()
+        os.fsync(self._samples.fileno())
+
+    def close(self, finished: bool = True) -> None:
+        self._samples.close()
+        if finished:
+            self.manifest = {**self.manifest, "finished_at": now()}
+            _write_json_atomic(self.root / MANIFEST, self.manifest)
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(finished=exc_type is None)
