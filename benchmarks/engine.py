@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=None, help="output vocabulary (default: the tokenizer's 102)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--repeats", type=int, default=5)
@@ -79,18 +80,22 @@ def main() -> None:
     args = ap.parse_args()
 
     tokenizer = char_tokenizer()
-    model = tiny_model(args.arch, tokenizer, hidden=args.hidden, layers=args.layers, heads=args.heads, init_std=0.2)
+    model = tiny_model(args.arch, tokenizer, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                       init_std=0.2 if args.vocab is None else 0.02, vocab_size=args.vocab)
     model = model.to(device=args.device, dtype=getattr(torch, args.dtype))
     engine = Engine(model, tokenizer)
     n = args.new_tokens
     cfg = DecodeConfig(max_new_tokens=n, ignore_eos=True)
-    print(f"model {args.arch} d={args.hidden} L={args.layers} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+    print(f"model {args.arch} d={args.hidden} L={args.layers} V={model.config.vocab_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"params) {args.dtype} on {args.device}, {n} new tokens, threads={torch.get_num_threads()}, "
           f"median of {args.repeats}")
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = prompts_for(batch)
         enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(args.device)
-        entropies = [h for tr in engine.generate(prompts, TokenGate(), HiddenLatent(), cfg) for h in tr.entropy]
+        token_traces = engine.generate(prompts, TokenGate(), HiddenLatent(), cfg)
+        reference = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        same = [tr.token_id for tr in token_traces] == reference[:, enc["input_ids"].shape[1]:].tolist()
+        entropies = [h for tr in token_traces for h in tr.entropy]
         gate = EntropyGate(threshold=statistics.median(entropies))
         runs = {
             "hf_generate": lambda: model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False),
@@ -111,7 +116,7 @@ def main() -> None:
               f"(target >= 1.3) | hybrid {med['engine_hybrid'] / med['bare_loop']:.3f}x bare loop "
               f"(target <= 1.10; {latent_share:.0%} latent steps) | "
               f"engine {batch * n / med['engine_token']:.0f} tok/s, HF {batch * n / med['hf_generate']:.0f} tok/s, "
-              f"bare {batch * n / med['bare_loop']:.0f} tok/s")
+              f"bare {batch * n / med['bare_loop']:.0f} tok/s | tokens identical to HF: {same}")
 
 
 if __name__ == "__main__":

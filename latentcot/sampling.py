@@ -11,8 +11,10 @@ from latentcot.config import DecodeConfig
 
 def distribution_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """probs (B, V) and entropy (B,) in nats of softmax(logits); -inf logits contribute 0."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    entropy = -torch.special.xlogy(probs, probs).sum(-1)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    probs = log_probs.exp()
+    # clamp turns log 0 = -inf into a finite number so that 0 * log 0 is 0, not nan (faster than xlogy)
+    entropy = -(probs * log_probs.clamp_min(torch.finfo(log_probs.dtype).min)).sum(-1)
     return probs, entropy
 
 

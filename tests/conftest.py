@@ -1,9 +1,13 @@
 """Tiny random-init models of several architectures, built in-process (no download)."""
 from __future__ import annotations
 
-import pytest
+import os
 
-from latentcot.zoo.tiny import ARCHITECTURES, char_tokenizer, tiny_model
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the model hub
+
+import pytest  # noqa: E402
+
+from latentcot.zoo.tiny import ARCHITECTURES, char_tokenizer, tiny_model  # noqa: E402
 
 # A larger init scale than HF's default makes next-token distributions peaked enough that greedy
 # choices are not float-noise ties, so token-for-token comparisons are meaningful.

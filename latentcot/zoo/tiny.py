@@ -50,9 +50,12 @@ def tiny_config(arch: str, vocab_size: int, *, hidden: int = 64, layers: int = 2
 
 
 def tiny_model(arch: str, tokenizer: PreTrainedTokenizerFast, *, seed: int = 0,
-               **config_kwargs) -> PreTrainedModel:
-    """A random-init causal LM of ``arch`` sized for ``tokenizer``, deterministic in ``seed``."""
-    config = tiny_config(arch, len(tokenizer), pad_id=tokenizer.pad_token_id,
+               vocab_size: int | None = None, **config_kwargs) -> PreTrainedModel:
+    """A random-init causal LM of ``arch`` for ``tokenizer``, deterministic in ``seed``.
+
+    ``vocab_size`` larger than the tokenizer's gives a model with a realistic output layer
+    (e.g. 151936 rows, as Qwen2) whose extra tokens decode to nothing."""
+    config = tiny_config(arch, vocab_size or len(tokenizer), pad_id=tokenizer.pad_token_id,
                          bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, **config_kwargs)
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
