@@ -92,9 +92,11 @@ def main() -> None:
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = prompts_for(batch)
         enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(args.device)
+        # correctness on the side: with EOS honoured, token mode must equal HF greedy output
+        natural = engine.generate(prompts, TokenGate(), HiddenLatent(), DecodeConfig(max_new_tokens=n))
+        reference = model.generate(**enc, max_new_tokens=n, do_sample=False)[:, enc["input_ids"].shape[1]:]
+        same = all(tr.token_id == ref[: tr.n_steps] for tr, ref in zip(natural, reference.tolist()))
         token_traces = engine.generate(prompts, TokenGate(), HiddenLatent(), cfg)
-        reference = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        same = [tr.token_id for tr in token_traces] == reference[:, enc["input_ids"].shape[1]:].tolist()
         entropies = [h for tr in token_traces for h in tr.entropy]
         gate = EntropyGate(threshold=statistics.median(entropies))
         runs = {

@@ -48,6 +48,7 @@ def run(
     seed: int = typer.Option(0, help="Run seed; each example's sampling seed derives from it and the example id."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run directory, skipping recorded samples."),
     prompt: Optional[Path] = typer.Option(None, "--prompt", help="Prompt template file overriding the task's."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer id or directory, when the model's own is missing."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
     trust_remote_code: bool = typer.Option(False, help="Allow code shipped with a hub checkpoint to run."),
@@ -62,7 +63,8 @@ def run(
         LatentConfig(latent, latent_temperature, latent_top_k),
         DecodeConfig(max_new_tokens, temperature, top_p, top_k, tuple(stop), marker_pair),
     )
-    model_cfg = ModelConfig(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    model_cfg = ModelConfig(model, tokenizer=tokenizer, dtype=dtype, device=device,
+                            trust_remote_code=trust_remote_code)
     plan = experiment.Plan(model=model_cfg, tasks=tuple(task), settings=(setting,), split=split, limit=limit,
                            batch_size=batch_size, seed=seed, prompt_file=str(prompt) if prompt else None)
     experiment.execute(plan, out, resume=resume, argv=sys.argv)

@@ -8,7 +8,7 @@ same forward. The engine never touches files.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -30,17 +30,67 @@ FINISH = ("length", "eos", "stop")
 class _Steps:
     """Per-step tensors for the whole batch, kept on the device until the loop ends."""
 
-    mode: list[torch.Tensor]      # each (B,) long, index into MODES
-    token_id: list[torch.Tensor]  # each (B,) long
-    entropy: list[torch.Tensor]   # each (B,) fp32
-    p_token: list[torch.Tensor]   # each (B,) fp32
-    p_max: list[torch.Tensor]     # each (B,) fp32
-    active: list[torch.Tensor]    # each (B,) bool, the row was generating at this step
+    mode: list[torch.Tensor] = field(default_factory=list)      # each (B,) long, index into MODES
+    token_id: list[torch.Tensor] = field(default_factory=list)  # each (B,) long
+    entropy: list[torch.Tensor] = field(default_factory=list)   # each (B,) fp32
+    p_token: list[torch.Tensor] = field(default_factory=list)   # each (B,) fp32
+    p_max: list[torch.Tensor] = field(default_factory=list)     # each (B,) fp32
+    active: list[torch.Tensor] = field(default_factory=list)    # each (B,) bool: row generating at this step
 
-    def stacked(self) -> dict[str, list[list]]:
-        """(T, B) per field -> per row python lists, one sync for everything."""
+    def record(self, is_latent, is_marker, token_id, entropy, probs, argmax, active) -> None:
+        self.mode.append(is_latent.long() + 2 * is_marker.long())
+        self.token_id.append(token_id)
+        self.entropy.append(entropy)
+        self.p_token.append(probs.gather(-1, token_id[:, None])[:, 0])
+        self.p_max.append(probs.gather(-1, argmax[:, None])[:, 0])
+        self.active.append(active)
+
+    def per_row(self) -> dict[str, list[list]]:
+        """(T, B) per field -> per row python lists, one device sync for everything."""
         return {name: torch.stack(getattr(self, name), dim=1).cpu().tolist()
                 for name in ("mode", "token_id", "entropy", "p_token", "p_max", "active")}
+
+
+@dataclass
+class _Rows:
+    """Per-row decoding state of one ``generate`` call; every tensor is (B,)."""
+
+    n_latent: torch.Tensor     # long, latent steps taken
+    latent_run: torch.Tensor   # long, current run of consecutive latent steps
+    active: torch.Tensor       # bool, still generating
+    finish: torch.Tensor       # long, index into FINISH
+    after_begin: torch.Tensor  # bool, the last input was the begin marker
+    after_end: torch.Tensor    # bool, the last input was the end marker
+
+    @classmethod
+    def start(cls, batch: int, device) -> "_Rows":
+        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        false = torch.zeros(batch, dtype=torch.bool, device=device)
+        return cls(zeros, zeros.clone(), ~false, zeros.clone(), false, false.clone())
+
+    def view(self, step: int, logits, entropy, hidden) -> StepView:
+        return StepView(step, logits, entropy, hidden, self.n_latent, self.latent_run, self.active)
+
+    def decide(self, want_latent: torch.Tensor, sampled: torch.Tensor, markers: tuple[int, int] | None):
+        """(is_latent, is_marker, fed token ids) for this step, from the gate's wish."""
+        if markers is None:
+            return want_latent, torch.zeros_like(want_latent), sampled
+        # A begin marker commits the next step to a latent; an end marker to a token.
+        want_latent = (want_latent | self.after_begin) & ~self.after_end
+        opening = want_latent & (self.latent_run == 0) & ~self.after_begin
+        closing = ~want_latent & (self.latent_run > 0)
+        self.after_begin, self.after_end = opening, closing
+        fed = torch.where(opening, markers[0], torch.where(closing, markers[1], sampled))
+        return want_latent & ~opening, opening | closing, fed
+
+    def advance(self, is_latent: torch.Tensor) -> None:
+        self.n_latent = self.n_latent + is_latent
+        self.latent_run = (self.latent_run + 1) * is_latent
+
+    def end(self, rows: torch.Tensor, reason: str) -> None:
+        rows = rows & self.active
+        self.finish = torch.where(rows, FINISH.index(reason), self.finish)
+        self.active = self.active & ~rows
 
 
 @contextmanager
@@ -121,98 +171,68 @@ class Engine:
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # (B, T), as HF does
         next_position = positions[:, -1:] + 1                           # (B, 1)
 
-        zeros = torch.zeros(batch, dtype=torch.long, device=self.device)
-        n_latent, latent_run = zeros.clone(), zeros.clone()
-        active = torch.ones(batch, dtype=torch.bool, device=self.device)
-        finish = zeros.clone()                                          # index into FINISH
-        after_begin = torch.zeros_like(active)                          # last input was the begin marker
-        after_end = torch.zeros_like(active)                            # last input was the end marker
-        steps = _Steps([], [], [], [], [], [])
-        fed_tokens: list[list[int]] = [[] for _ in range(batch)]        # only kept for stop strings
-
+        rows, steps = _Rows.start(batch, self.device), _Steps()
+        recent_tokens: list[list[int]] = [[] for _ in range(batch)]     # only kept for stop strings
         cache = preallocated_cache(self.model.config, capacity=width + cfg.max_new_tokens)
         with _capture_final_hidden(self.model) as box:
             logits, hidden = self._forward(cache, prompt_mask, positions, box, input_ids=ids)
             for t in range(cfg.max_new_tokens):
                 probs, entropy = distribution_stats(logits)             # (B, V), (B,)
-                view = StepView(t, logits, entropy, hidden, n_latent, latent_run, active)
-                want_latent = gate(view)                                # (B,) bool
+                view = rows.view(t, logits, entropy, hidden)
                 argmax = logits.argmax(-1)                              # (B,)
                 sampled = argmax if cfg.greedy else choose_tokens(logits, cfg, generators)
-                if markers is None:
-                    is_latent, is_marker, fed = want_latent, None, sampled
-                else:
-                    # A begin marker commits the next step to a latent; an end marker to a token.
-                    want_latent = (want_latent | after_begin) & ~after_end
-                    opening = want_latent & (latent_run == 0) & ~after_begin
-                    closing = ~want_latent & (latent_run > 0)
-                    is_latent, is_marker = want_latent & ~opening, opening | closing
-                    fed = torch.where(opening, markers[0], torch.where(closing, markers[1], sampled))
-                    after_begin, after_end = opening, closing
-                recorded = torch.where(is_latent, argmax, fed)
+                is_latent, is_marker, fed = rows.decide(gate(view), sampled, markers)
+                recorded = torch.where(is_latent, argmax, fed)          # argmax stands for a latent step
                 x = self.embed(fed)                                     # (B, D)
                 if bool(is_latent.any()):
                     x = torch.where(is_latent[:, None], latent(view, self.table), x)
+                steps.record(is_latent, is_marker, recorded, entropy, probs, argmax, rows.active)
 
-                steps.mode.append(is_latent.long() if is_marker is None else is_latent.long() + 2 * is_marker.long())
-                steps.token_id.append(recorded)
-                steps.entropy.append(entropy)
-                steps.p_token.append(probs.gather(-1, recorded[:, None])[:, 0])
-                steps.p_max.append(probs.gather(-1, argmax[:, None])[:, 0])
-                steps.active.append(active)
-
-                n_latent = n_latent + is_latent
-                latent_run = (latent_run + 1) * is_latent
+                rows.advance(is_latent)
+                is_token = ~(is_latent | is_marker)
                 if not cfg.ignore_eos:
-                    is_token = ~is_latent if is_marker is None else ~is_latent & ~is_marker
-                    hit_eos = active & is_token & torch.isin(fed, self.eos_ids)
-                    finish = torch.where(hit_eos, FINISH.index("eos"), finish)
-                    active = active & ~hit_eos
+                    rows.end(is_token & torch.isin(fed, self.eos_ids), "eos")
                 if cfg.stop:
-                    is_token = ~is_latent if is_marker is None else ~is_latent & ~is_marker
-                    active = self._check_stop(cfg.stop, fed, is_token, active, fed_tokens, finish)
-                if t + 1 == cfg.max_new_tokens or not bool(active.any()):
+                    rows.end(self._stop_hits(cfg.stop, fed, is_token, rows.active, recent_tokens), "stop")
+                if t + 1 == cfg.max_new_tokens or not bool(rows.active.any()):
                     break
-                step_mask = mask[:, : width + t + 1]
-                logits, hidden = self._forward(cache, step_mask, next_position, box, inputs_embeds=x[:, None])
+                logits, hidden = self._forward(cache, mask[:, : width + t + 1], next_position, box,
+                                               inputs_embeds=x[:, None])
                 next_position = next_position + 1
-        return self._traces(prompts, steps.stacked(), finish.tolist(), markers)
+        return self._traces(prompts, steps.per_row(), rows.finish.tolist())
 
-    def _check_stop(self, stop: tuple[str, ...], fed: torch.Tensor, is_token: torch.Tensor,
-                    active: torch.Tensor, fed_tokens: list[list[int]], finish: torch.Tensor) -> torch.Tensor:
-        """Finish rows whose recent token text contains a stop string (latent steps break the text)."""
+    def _stop_hits(self, stop: tuple[str, ...], fed: torch.Tensor, is_token: torch.Tensor,
+                   active: torch.Tensor, recent_tokens: list[list[int]]) -> torch.Tensor:
+        """(B,) rows whose recent token text contains a stop string (a latent step breaks the text)."""
         window = max(len(s) for s in stop) + 1      # a stop string spans at most this many tokens
-        active = active.clone()
+        hits = torch.zeros_like(active)
         for row, (token, took_token, alive) in enumerate(zip(fed.tolist(), is_token.tolist(), active.tolist())):
             if not alive:
                 continue
             if not took_token:
-                fed_tokens[row].clear()
+                recent_tokens[row].clear()
                 continue
-            fed_tokens[row].append(token)
-            tail = self.tokenizer.decode(fed_tokens[row][-window:])
-            if any(s in tail for s in stop):
-                active[row] = False
-                finish[row] = FINISH.index("stop")
-        return active
+            recent_tokens[row].append(token)
+            del recent_tokens[row][:-window]
+            hits[row] = any(s in self.tokenizer.decode(recent_tokens[row]) for s in stop)
+        return hits
 
-    def _traces(self, prompts: Sequence[str], steps: dict[str, list[list]], finish: list[int],
-                markers: tuple[int, int] | None) -> list[Trace]:
+    def _traces(self, prompts: Sequence[str], steps: dict[str, list[list]], finish: list[int]) -> list[Trace]:
         traces = []
         for row, prompt in enumerate(prompts):
             keep = [t for t, alive in enumerate(steps["active"][row]) if alive]
-            field = {name: [steps[name][row][t] for t in keep] for name in steps if name != "active"}
-            modes = [MODES[m] for m in field["mode"]]
+            kept = {name: [steps[name][row][t] for t in keep] for name in steps if name != "active"}
+            modes = [MODES[m] for m in kept["mode"]]
             reason = FINISH[finish[row]]
             traces.append(Trace(
                 prompt=prompt,
-                completion=self._render(modes, field["token_id"], drop_last=reason == "eos"),
+                completion=self._render(modes, kept["token_id"], drop_last=reason == "eos"),
                 finish_reason=reason,
                 mode=modes,
-                token_id=field["token_id"],
-                entropy=field["entropy"],
-                p_token=field["p_token"],
-                p_max=field["p_max"],
+                token_id=kept["token_id"],
+                entropy=kept["entropy"],
+                p_token=kept["p_token"],
+                p_max=kept["p_max"],
             ))
         return traces
 
