@@ -1,7 +1,7 @@
 """``prontoqa``: ProntoQA-style true/false questions answered by a chain of syllogisms.
 
-``Every bampus is a glorpus. Every glorpus is not sour. Every zumpus is a glorpus. Every zumpus
-is sour. Max is a bampus. True or false: Max is sour.`` → ``False``.
+``Every bampus is a glorpus. Every glorpus is not sour. Every zumpus is sour. Max is a
+bampus. True or false: Max is sour.`` → ``False``.
 
 The person belongs to the first of a chain of made-up categories c0 → c1 → … ; only the last
 category carries the queried property (positively or negated). Answering takes ``hops`` rule
@@ -9,9 +9,10 @@ applications — ``hops - 1`` "Every c_i is a c_{i+1}" steps, then the property 
 steps list each derived fact (``Max is a c1.``, …, ``Max is not sour.``), so ``hops`` is the
 depth knob and the number of steps. ProntoQA's common setting is 5 hops, the default here.
 
-``distractors`` adds that many side categories, each a sub-category of a random chain category
-that states the *opposite* property ("Every zumpus is sour."): the person is not one of them, so
-the answer cannot be read off the property facts without following the chain. With
+``distractors`` adds a second chain of that many side categories whose last one states the
+*opposite* property ("Every zumpus is sour."). The person is in none of them, so the answer
+cannot be read off the property facts without following the chain from the person; the side
+chain hangs off nothing in the person's chain, so the facts never contradict each other. With
 ``distractors=0`` the only property fact gives the answer away; keep it above zero for
 experiments about reasoning.
 
@@ -28,7 +29,7 @@ from latentcot.tasks.words import ADJECTIVES, CONCEPTS, PEOPLE
 
 @dataclass(frozen=True)
 class ProntoQAParams(Params):
-    """``hops``: rule applications needed (chain length); ``distractors``: side categories."""
+    """``hops``: rule applications needed (chain length); ``distractors``: side-chain length."""
 
     task = "prontoqa"
     hops: int = 5
@@ -59,9 +60,9 @@ class ProntoQATask(GeneratorTask):
         holds, asked = rng.random() < 0.5, rng.random() < 0.5  # fact polarity, query polarity
         facts = [f"Every {a} is a {b}." for a, b in zip(chain, chain[1:])]
         facts.append(f"Every {chain[-1]} is {_is(holds, adjective)}.")
-        for word in side:
-            facts.append(f"Every {word} is a {rng.choice(chain)}.")
-            facts.append(f"Every {word} is {_is(not holds, adjective)}.")
+        facts += [f"Every {a} is a {b}." for a, b in zip(side, side[1:])]
+        if side:
+            facts.append(f"Every {side[-1]} is {_is(not holds, adjective)}.")
         rng.shuffle(facts)
         facts.append(f"{person} is a {chain[0]}.")
         question = " ".join(facts) + f" True or false: {person} is {_is(asked, adjective)}."
