@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from latentcot.errors import InputError
 
@@ -54,8 +54,12 @@ def run(
     trust_remote_code: bool = typer.Option(False, help="Allow code shipped with a hub checkpoint to run."),
 ) -> None:
     """Decode task examples under one gate and latent mode; append one record per example to samples.jsonl."""
+    from transformers.utils import logging as hf_logging
+
     from latentcot import experiment
     from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
+
+    hf_logging.disable_progress_bar()  # the run has its own progress bar; keep stderr readable
 
     marker_pair = tuple(markers.split(",")) if markers else None
     setting = experiment.Setting(
@@ -88,10 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as exc:
         typer.echo(f"latentcot: error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.UsageError as exc:
-        typer.echo(f"latentcot: error: {' '.join(exc.format_message().split())}", err=True)
-        sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("latentcot: interrupted", err=True)
         sys.exit(130)
+    except TyperException as exc:  # usage errors: unknown option, a value of the wrong type, ...
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        typer.echo(f"latentcot: error: {' '.join(message.split())}", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

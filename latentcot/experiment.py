@@ -176,8 +176,9 @@ def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequenc
     from latentcot.model import load_model
 
     tasks = load_examples(plan)
-    loaded = load_model(plan.model)
     out = out if out is not None else default_run_dir(plan)
+    RunStore.check(out, resume)  # before the slow model load
+    loaded = load_model(plan.model)
     total = sum(len(examples) for _, examples in tasks) * len(plan.settings)
     with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume) as store:
         engine = Engine(loaded.model, loaded.tokenizer)

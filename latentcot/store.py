@@ -80,15 +80,8 @@ class RunStore:
         """Start a run (the directory must be new or empty) or, with ``resume``, continue one whose
         manifest has the same ``config``."""
         root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise InputError(f"--out {root} is a file, not a directory")
         existing = root / MANIFEST
-        if root.is_dir() and any(root.iterdir()):
-            if not resume:
-                raise InputError(f"run directory {root} is not empty; pass --resume to continue it "
-                                 "or choose another --out")
-            if not existing.is_file():
-                raise InputError(f"cannot resume {root}: it has no {MANIFEST}")
+        if cls.check(root, resume):
             old = json.loads(existing.read_text())
             diffs = _config_differences(old.get("config", {}), manifest.get("config", {}))
             if diffs:
@@ -102,6 +95,20 @@ class RunStore:
         fresh = {**manifest, "started_at": now(), "finished_at": None}
         _write_json_atomic(existing, fresh)
         return cls(root, fresh)
+
+    @staticmethod
+    def check(root: Path, resume: bool) -> bool:
+        """Refuse a directory that cannot be used, writing nothing; True when it is a run to resume."""
+        if root.exists() and not root.is_dir():
+            raise InputError(f"--out {root} is a file, not a directory")
+        if not (root.is_dir() and any(root.iterdir())):
+            return False
+        if not resume:
+            raise InputError(f"run directory {root} is not empty; pass --resume to continue it "
+                             "or choose another --out")
+        if not (root / MANIFEST).is_file():
+            raise InputError(f"cannot resume {root}: it has no {MANIFEST}")
+        return True
 
     def done_keys(self) -> set[tuple[str, str, str]]:
         """(task, setting_id, example_id) of every complete record."""
