@@ -132,6 +132,16 @@ class Engine:
         eos.discard(None)
         self.eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=self.device)
 
+    def check_room(self, prompts: Sequence[str], max_new_tokens: int, names: Sequence[str]) -> None:
+        """Raise InputError naming the first prompt that leaves no room for max_new_tokens."""
+        if self.context is None:
+            return
+        lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+        for name, length in zip(names, lengths):
+            if length + max_new_tokens > self.context:
+                raise InputError(f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the "
+                                 f"model's context of {self.context} positions", where=name)
+
     def _marker_ids(self, cfg: DecodeConfig) -> tuple[int, int] | None:
         if cfg.markers is None:
             return None

@@ -45,7 +45,7 @@ class Setting:
 def make_record(task, example: Example, setting: Setting, trace: Trace) -> SampleRecord:
     extraction = task.extract(trace.completion)
     return SampleRecord(
-        setting=setting.as_dict(), setting_id=setting.id, task=task.name,
+        setting=setting.as_dict(), setting_id=setting.id, task=task.name, task_spec=task.spec,
         domain=example.domain or task.domain, example_id=example.id, prompt=trace.prompt,
         completion=trace.completion, answer=example.answer, prediction=extraction.prediction,
         correct=bool(task.score(example, extraction.prediction)), n_steps=trace.n_steps,
@@ -66,7 +66,7 @@ def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Se
     added = 0
     for setting in settings:
         gate, latent = make_gate(setting.gate), make_latent(setting.latent)
-        todo = [e for e in examples if (task.name, setting.id, e.id) not in done]
+        todo = [e for e in examples if (task.spec, setting.id, e.id) not in done]
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             traces = engine.generate([task.prompt(e) for e in batch], gate, latent, setting.decode,
@@ -153,7 +153,7 @@ def summarize(records: Sequence[dict]) -> list[dict[str, Any]]:
     """Accuracy and latent fraction per (task, setting), in first-seen order."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        groups.setdefault((r["task"], r["setting_id"]), []).append(r)
+        groups.setdefault((r["task_spec"], r["setting_id"]), []).append(r)
     return [{"task": task, "setting": sid, "n": len(rs),
              "accuracy": sum(r["correct"] for r in rs) / len(rs),
              "latent_fraction": sum(r["n_latent"] for r in rs) / max(1, sum(r["n_steps"] for r in rs)),
@@ -162,8 +162,8 @@ def summarize(records: Sequence[dict]) -> list[dict[str, Any]]:
 
 
 def format_summary(rows: Sequence[dict[str, Any]]) -> str:
-    head = f"{'task':<20} {'setting':<32} {'n':>5} {'accuracy':>9} {'latent':>7} {'steps':>7}"
-    lines = [head] + [f"{r['task'][:20]:<20} {r['setting'][:32]:<32} {r['n']:>5} {r['accuracy']:>9.3f} "
+    head = f"{'task':<36} {'setting':<32} {'n':>5} {'accuracy':>9} {'latent':>7} {'steps':>7}"
+    lines = [head] + [f"{r['task'][-36:]:<36} {r['setting'][:32]:<32} {r['n']:>5} {r['accuracy']:>9.3f} "
                       f"{r['latent_fraction']:>7.3f} {r['mean_steps']:>7.1f}" for r in rows]
     return "\n".join(lines)
 
@@ -179,9 +179,12 @@ def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequenc
     out = out if out is not None else default_run_dir(plan)
     RunStore.check(out, resume)  # before the slow model load
     loaded = load_model(plan.model)
+    engine = Engine(loaded.model, loaded.tokenizer)
+    longest = max(s.decode.max_new_tokens for s in plan.settings)
+    for task, examples in tasks:  # refuse before anything is written, not halfway through
+        engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
     total = sum(len(examples) for _, examples in tasks) * len(plan.settings)
     with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume) as store:
-        engine = Engine(loaded.model, loaded.tokenizer)
         done = len(store.done_keys())
         started = time.perf_counter()
         steps = 0

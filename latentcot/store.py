@@ -2,7 +2,7 @@
 
 Each record is written as one complete line, flushed and fsynced, so a killed run loses at most
 the line being written; on resume a torn last line is dropped and every recorded
-(task, setting_id, example_id) is skipped.
+(task_spec, setting_id, example_id) is skipped.
 """
 from __future__ import annotations
 
@@ -111,8 +111,8 @@ class RunStore:
         return True
 
     def done_keys(self) -> set[tuple[str, str, str]]:
-        """(task, setting_id, example_id) of every complete record."""
-        return {(r["task"], r["setting_id"], r["example_id"]) for r in iter_samples(self.root / SAMPLES)}
+        """(task_spec, setting_id, example_id) of every complete record."""
+        return {(r["task_spec"], r["setting_id"], r["example_id"]) for r in iter_samples(self.root / SAMPLES)}
 
     def append(self, record: Mapping[str, Any]) -> None:
         self._samples.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -95,7 +95,7 @@ class SampleRecord:
 
     setting: Mapping[str, Any]
     setting_id: str
-    task: str
+    task: str                      # task name, e.g. "addition" or a file's name
     domain: str
     example_id: str
     prompt: str
@@ -106,6 +106,7 @@ class SampleRecord:
     n_steps: int
     n_latent: int
     steps: Mapping[str, list]
+    task_spec: str = ""            # what loads this exact task: "addition:n=4,digits=3,reverse=0" or a path
     extraction: str | None = None  # name of the extraction strategy that matched
     finish_reason: str = ""
 
@@ -114,6 +115,7 @@ class SampleRecord:
             "setting": dict(self.setting),
             "setting_id": self.setting_id,
             "task": self.task,
+            "task_spec": self.task_spec,
             "domain": self.domain,
             "example_id": self.example_id,
             "prompt": self.prompt,

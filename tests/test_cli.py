@@ -55,6 +55,16 @@ def test_run_writes_the_record_contract(tmp_path, saved_model, dataset):
     assert {"command", "config", "seed", "versions", "git_commit", "device", "started_at"} <= manifest.keys()
 
 
+def test_registered_tasks_with_different_parameters_share_a_run(tmp_path, saved_model):
+    out = tmp_path / "run"
+    assert cli("run", "--model", saved_model, "--task", "addition:n=2,digits=1", "--task", "addition:n=3,digits=1",
+               "--limit", "2", "--max-new-tokens", "6", "--out", out) == 0
+    rows = records(out)
+    assert sorted(r["task_spec"] for r in rows) == ["addition:n=2,digits=1,reverse=0"] * 2 + ["addition:n=3,digits=1,reverse=0"] * 2
+    assert {r["task"] for r in rows} == {"addition"} and {r["domain"] for r in rows} == {"arithmetic"}
+    assert all(r["prompt"].rstrip().endswith("Solution:") for r in rows)
+
+
 def test_batch_size_does_not_change_records(tmp_path, saved_model, dataset):
     common = ["--model", saved_model, "--task", dataset, "--gate", "entropy", "--threshold", "3.4",
               "--temperature", "0.8", "--max-new-tokens", "10"]
@@ -101,6 +111,7 @@ def bad_inputs(tmp_path, saved_model, dataset, models, tokenizer):
         "nan threshold": ([*base, "--gate", "entropy", "--threshold", "nan"], "threshold must be a number >= 0"),
         "malformed dataset": (["--model", saved_model, "--task", broken], f"{broken}:2"),
         "out is a file": ([*base, "--out", a_file], "is a file"),
+        "prompt longer than the context": ([*base, "--max-new-tokens", "600"], "exceeds the model's context of 512"),
         "not an integer": ([*base, "--limit", "many"], "Invalid value for '--limit'"),
     }
 

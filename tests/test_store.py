@@ -10,7 +10,7 @@ from latentcot.store import MANIFEST, SAMPLES, RunStore, read_samples
 
 
 def record(i, setting="token"):
-    return {"task": "t", "setting_id": setting, "example_id": f"e{i}", "correct": i % 2 == 0}
+    return {"task": "t", "task_spec": "t:n=1", "setting_id": setting, "example_id": f"e{i}", "correct": i % 2 == 0}
 
 
 def test_records_are_complete_lines_and_manifest_is_written(tmp_path):
@@ -30,7 +30,7 @@ def test_resume_drops_a_torn_line_and_reports_done_keys(tmp_path):
     with open(run / SAMPLES, "a") as f:
         f.write('{"task": "t", "setting_id": "tok')  # killed mid-write
     store = RunStore.open(run, {"config": {"a": 1}}, resume=True)
-    assert store.done_keys() == {("t", "token", "e0"), ("t", "token", "e1")}
+    assert store.done_keys() == {("t:n=1", "token", "e0"), ("t:n=1", "token", "e1")}
     store.append(record(2))
     store.close()
     assert read_samples(run) == [record(0), record(1), record(2)]

@@ -1,0 +1,1 @@
+"""Run analysis: pure DataFrame -> tables and figures."""

@@ -1,0 +1,1 @@
+"""Optional decoding backends (vLLM), imported lazily by name."""
