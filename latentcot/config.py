@@ -126,7 +126,7 @@ def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
         "max_consecutive": gate.max_consecutive, "max_latent": gate.max_latent,
         "latent": latent.kind, "latent_temperature": latent.temperature, "latent_top_k": latent.top_k,
         "temperature": decode.temperature, "top_p": decode.top_p, "top_k": decode.top_k,
-        "max_new_tokens": decode.max_new_tokens,
+        "max_new_tokens": decode.max_new_tokens, "stop": list(decode.stop),
         "markers": list(decode.markers) if decode.markers else None,
     }
 

@@ -66,10 +66,12 @@ def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Se
     added = 0
     for setting in settings:
         gate, latent = make_gate(setting.gate), make_latent(setting.latent)
+        # the task's template says where an answer ends (e.g. before a next "Question:")
+        decode = dataclasses.replace(setting.decode, stop=tuple(dict.fromkeys(setting.decode.stop + task.stop)))
         todo = [e for e in examples if (task.spec, setting.id, e.id) not in done]
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            traces = engine.generate([task.prompt(e) for e in batch], gate, latent, setting.decode,
+            traces = engine.generate([task.prompt(e) for e in batch], gate, latent, decode,
                                      seed=[row_seed(seed, e.id) for e in batch])
             for example, trace in zip(batch, traces):
                 store.append(make_record(task, example, setting, trace).to_dict())
