@@ -138,9 +138,12 @@ class Engine:
             return
         lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
         for name, length in zip(names, lengths):
-            if length + max_new_tokens > self.context:
-                raise InputError(f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the "
-                                 f"model's context of {self.context} positions", where=name)
+            self._check_length(length, max_new_tokens, where=name)
+
+    def _check_length(self, length: int, max_new_tokens: int, where: str | None = None) -> None:
+        if self.context is not None and length + max_new_tokens > self.context:
+            raise InputError(f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the "
+                             f"model's context of {self.context} positions", where=where)
 
     def _marker_ids(self, cfg: DecodeConfig) -> tuple[int, int] | None:
         if cfg.markers is None:
@@ -173,9 +176,7 @@ class Engine:
         ids = enc["input_ids"].to(self.device)                          # (B, T)
         prompt_mask = enc["attention_mask"].to(self.device)             # (B, T), 0 = left padding
         width = ids.shape[1]
-        if self.context is not None and width + cfg.max_new_tokens > self.context:
-            raise InputError(f"prompt of {width} tokens + max_new_tokens {cfg.max_new_tokens} exceeds "
-                             f"the model's context of {self.context} positions")
+        self._check_length(width, cfg.max_new_tokens)
         mask = torch.ones(batch, width + cfg.max_new_tokens, dtype=prompt_mask.dtype, device=self.device)
         mask[:, :width] = prompt_mask
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # (B, T), as HF does
