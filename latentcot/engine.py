@@ -30,7 +30,8 @@ FINISH = ("length", "eos", "stop")
 class _Steps:
     """Per-step tensors for the whole batch, kept on the device until the loop ends."""
 
-    mode: list[torch.Tensor] = field(default_factory=list)      # each (B,) long, index into MODES
+    latent: list[torch.Tensor] = field(default_factory=list)    # each (B,) bool
+    marker: list[torch.Tensor] = field(default_factory=list)    # each (B,) bool
     token_id: list[torch.Tensor] = field(default_factory=list)  # each (B,) long
     entropy: list[torch.Tensor] = field(default_factory=list)   # each (B,) fp32
     p_token: list[torch.Tensor] = field(default_factory=list)   # each (B,) fp32
@@ -38,7 +39,8 @@ class _Steps:
     active: list[torch.Tensor] = field(default_factory=list)    # each (B,) bool: row generating at this step
 
     def record(self, is_latent, is_marker, token_id, entropy, probs, argmax, active) -> None:
-        self.mode.append(is_latent.long() + 2 * is_marker.long())
+        self.latent.append(is_latent)
+        self.marker.append(is_marker)
         self.token_id.append(token_id)
         self.entropy.append(entropy)
         self.p_token.append(probs.gather(-1, token_id[:, None])[:, 0])
@@ -47,8 +49,9 @@ class _Steps:
 
     def per_row(self) -> dict[str, list[list]]:
         """(T, B) per field -> per row python lists, one device sync for everything."""
-        return {name: torch.stack(getattr(self, name), dim=1).cpu().tolist()
-                for name in ("mode", "token_id", "entropy", "p_token", "p_max", "active")}
+        mode = torch.stack(self.latent, dim=1).long() + 2 * torch.stack(self.marker, dim=1).long()  # MODES index
+        return {"mode": mode.cpu().tolist(), **{name: torch.stack(getattr(self, name), dim=1).cpu().tolist()
+                                                for name in ("token_id", "entropy", "p_token", "p_max", "active")}}
 
 
 @dataclass
