@@ -55,14 +55,14 @@ def make_record(task, example: Example, setting: Setting, trace: Trace) -> Sampl
 
 
 def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Sequence[Setting],
-                 store: RunStore, *, batch_size: int, seed: int,
+                 store: RunStore, done: set[tuple[str, str, str]], *, batch_size: int, seed: int,
                  on_batch: Callable[[int, int], None] = lambda rows, steps: None) -> int:
-    """Decode every (example, setting) not yet in ``store``; returns how many records were added.
+    """Decode every (example, setting) whose key is not in ``done`` (``store.done_keys()``, read once
+    per run); returns how many records were added.
 
     Rows are seeded by (seed, example id), so a record does not depend on batch size, on which
     examples share its batch, or on whether the run was resumed.
     """
-    done = store.done_keys()
     added = 0
     for setting in settings:
         gate, latent = make_gate(setting.gate), make_latent(setting.latent)
@@ -187,10 +187,10 @@ def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequenc
         engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
     total = sum(len(examples) for _, examples in tasks) * len(plan.settings)
     with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume) as store:
-        done = len(store.done_keys())
+        done = store.done_keys()
         started = time.perf_counter()
         steps = 0
-        with tqdm(total=total, initial=done, desc="samples", unit="ex", dynamic_ncols=True) as bar:
+        with tqdm(total=total, initial=len(done), desc="samples", unit="ex", dynamic_ncols=True) as bar:
             def progress(rows: int, n_steps: int) -> None:
                 nonlocal steps
                 steps += n_steps
@@ -198,7 +198,7 @@ def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequenc
                 bar.set_postfix(steps_per_s=f"{steps / max(time.perf_counter() - started, 1e-9):.0f}")
 
             for task, examples in tasks:
-                run_examples(engine, task, examples, plan.settings, store, batch_size=plan.batch_size,
+                run_examples(engine, task, examples, plan.settings, store, done, batch_size=plan.batch_size,
                              seed=plan.seed, on_batch=progress)
     echo(format_summary(summarize(read_samples(out))))
     echo(f"records: {out / 'samples.jsonl'}")
