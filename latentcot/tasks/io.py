@@ -93,13 +93,20 @@ def _read_text(path: Path) -> str:
         raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", where=str(path))
 
 
-def _coconut_examples(path: Path, text: str) -> list[Example]:
+def _json_document(path: Path, text: str, expected: type, invalid: str, wrong_type: str):
+    """Parse a whole-file JSON document of type ``expected``; errors name file:line."""
     try:
-        records = json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(f"invalid JSON: {err.msg}", where=f"{path}:{err.lineno}")
-    if not isinstance(records, list):
-        raise InputError("a COCONUT .json file must hold a list of records", where=f"{path}:1")
+        raise InputError(f"{invalid}: {err.msg}", where=f"{path}:{err.lineno}")
+    if not isinstance(data, expected):
+        raise InputError(wrong_type, where=f"{path}:1")
+    return data
+
+
+def _coconut_examples(path: Path, text: str) -> list[Example]:
+    records = _json_document(path, text, list, "invalid JSON",
+                             "a COCONUT .json file must hold a list of records")
     examples, seen = [], {}
     for index, record in enumerate(records):
         try:
@@ -216,13 +223,8 @@ def load_prompt_file(path: str | Path) -> PromptTemplate:
     ``answer_prefix``, ``answer_format`` and optionally ``few_shot`` (list of ``{question,
     solution}``), ``example_template``, ``stop``, ``description``, ``domain``."""
     path = Path(path)
-    text = _read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"invalid JSON in prompt file: {err.msg}", where=f"{path}:{err.lineno}")
-    if not isinstance(data, dict):
-        raise InputError("a prompt file must hold a JSON object", where=f"{path}:1")
+    data = _json_document(path, _read_text(path), dict, "invalid JSON in prompt file",
+                          "a prompt file must hold a JSON object")
     try:
         return _template(data, str(path))
     except _RecordError as err:
