@@ -1,9 +1,13 @@
 """The ``latentcot`` command. Each command only wires options -> configs -> objects -> store."""
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from typer.exceptions import TyperException
@@ -18,60 +22,172 @@ Examples:
 
   latentcot run --model ./my-model --task data.jsonl --gate entropy --threshold 1.5 --latent soft --out runs/soft-1.5
 
+  latentcot run --model builtin:addition-coconut --task addition:n=4,digits=2 --gate fixed --k 3 --markers "<bot>,<eot>"
+
   latentcot run --model Qwen/Qwen2.5-0.5B --task gsm8k_test.jsonl --gate token --limit 100 --device cuda --out runs/qwen-cot
 """
 
+SWEEP_EXAMPLES = """
+Examples:
+
+  latentcot sweep --model ./my-model --task addition --task prosqa --thresholds 0:3:0.25 --latent soft,hidden --out runs/grid
+
+  latentcot sweep --model ./my-model --task gsm8k.jsonl --thresholds 0.1,0.2,0.4 --unit normalized --limit 200
+
+  latentcot sweep --model ./my-model --task addition --task prosqa --threshold-map best_tau.json --out runs/per-domain
+"""
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """The options every decoding command takes (filled in by ``decoding_options``)."""
+
+    model: str
+    task: list[str]
+    out: Optional[Path]
+    limit: Optional[int]
+    split: str
+    unit: str
+    latent_temperature: float
+    latent_top_k: int
+    markers: Optional[str]
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    stop: list[str]
+    batch_size: int
+    seed: int
+    resume: bool
+    measure: list[str]
+    prompt: Optional[Path]
+    tokenizer: Optional[str]
+    device: str
+    dtype: str
+    trust_remote_code: bool
+
+
+_COMMON = {
+    "model": (str, typer.Option(..., "--model", "-m", help="HF hub id, local save_pretrained directory, or builtin:NAME.")),
+    "task": (List[str], typer.Option(..., "--task", "-t", help="Registered task (name or name:key=value,...) or a .json/.jsonl file; repeat for several.")),
+    "out": (Optional[Path], typer.Option(None, "--out", "-o", help="Run directory (default runs/<date>-<time>-<hash>).")),
+    "limit": (Optional[int], typer.Option(None, "--limit", "-n", min=1, help="Examples per task.")),
+    "split": (str, typer.Option("test", help="Split of a generated task: train, valid or test.")),
+    "unit": (str, typer.Option("nats", help="Threshold unit: nats | bits | normalized (H / log V).")),
+    "latent_temperature": (float, typer.Option(1.0, help="Soft latent modes: softmax temperature of the mixture.")),
+    "latent_top_k": (int, typer.Option(8, help="topk-soft: number of token embeddings mixed.")),
+    "markers": (Optional[str], typer.Option(None, help="Begin,end thought tokens fed around latent segments, e.g. '<bot>,<eot>'.")),
+    "temperature": (float, typer.Option(0.0, help="Sampling temperature; 0 = greedy.")),
+    "top_p": (float, typer.Option(1.0, help="Nucleus sampling mass.")),
+    "top_k": (int, typer.Option(0, help="Sample among the k most likely tokens (0 = all).")),
+    "max_new_tokens": (int, typer.Option(128, help="Generated positions per example (tokens, latents, markers).")),
+    "stop": (List[str], typer.Option([], "--stop", help="Stop string; repeat for several.")),
+    "batch_size": (int, typer.Option(16, min=1, help="Examples decoded together.")),
+    "seed": (int, typer.Option(0, help="Run seed; each example's sampling seed derives from it and the example id.")),
+    "resume": (bool, typer.Option(False, "--resume", help="Continue a run directory, skipping recorded samples.")),
+    "measure": (List[str], typer.Option([], "--measure", help="Extra per-step measurements: counterfactual (KL of the next "
+                                        "step had the latent been fed, latent-vs-token geometry, logit lens).")),
+    "prompt": (Optional[Path], typer.Option(None, "--prompt", help="Prompt template file overriding the task's.")),
+    "tokenizer": (Optional[str], typer.Option(None, help="Tokenizer id or directory, when the model's own is missing.")),
+    "device": (str, typer.Option("auto", help="auto | cpu | cuda | cuda:N.")),
+    "dtype": (str, typer.Option("auto", help="auto | float32 | bfloat16 | float16.")),
+    "trust_remote_code": (bool, typer.Option(False, help="Allow code shipped with a hub checkpoint to run.")),
+}
+
+
+def decoding_options(command: Callable) -> Callable:
+    """Give ``command`` every option of CommonOptions; they arrive as one ``common`` argument.
+
+    Keeps ``run`` and ``sweep`` (and later decoding commands) from repeating two dozen declarations.
+    """
+    hints = typing.get_type_hints(command)
+    own = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=hints[p.name])
+           for p in inspect.signature(command).parameters.values() if p.name != "common"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+              for name, (kind, option) in _COMMON.items()]
+
+    @functools.wraps(command)
+    def wrapper(**values):
+        common = CommonOptions(**{name: values.pop(name) for name in _COMMON})
+        return command(common=common, **values)
+
+    wrapper.__signature__ = inspect.Signature(shared[:2] + own + shared[2:])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
+
+
+def _execute(common: CommonOptions, settings) -> None:
+    """The wiring shared by run and sweep: configs -> plan -> experiment."""
+    from transformers.utils import logging as hf_logging
+
+    from latentcot import experiment
+    from latentcot.config import ModelConfig
+
+    hf_logging.disable_progress_bar()  # the run has its own progress bar; keep stderr readable
+    model_cfg = ModelConfig(common.model, tokenizer=common.tokenizer, dtype=common.dtype, device=common.device,
+                            trust_remote_code=common.trust_remote_code)
+    plan = experiment.Plan(model=model_cfg, tasks=tuple(common.task), settings=tuple(settings), split=common.split,
+                           limit=common.limit, batch_size=common.batch_size, seed=common.seed,
+                           prompt_file=str(common.prompt) if common.prompt else None,
+                           measure=tuple(dict.fromkeys(common.measure)))
+    experiment.execute(plan, common.out, resume=common.resume, argv=sys.argv)
+
+
+def _decode_config(common: CommonOptions):
+    from latentcot.config import DecodeConfig
+
+    markers = tuple(common.markers.split(",")) if common.markers else None
+    return DecodeConfig(common.max_new_tokens, common.temperature, common.top_p, common.top_k,
+                        tuple(common.stop), markers)
+
+
+def _latent_config(common: CommonOptions, kind: str):
+    from latentcot.config import LatentConfig
+
+    return LatentConfig(kind, common.latent_temperature, common.latent_top_k)
+
 
 @app.command(epilog=RUN_EXAMPLES)
+@decoding_options
 def run(
-    model: str = typer.Option(..., "--model", "-m", help="HF hub id, local save_pretrained directory, or builtin:NAME."),
-    task: List[str] = typer.Option(..., "--task", "-t", help="Registered task (name or name:key=value,...) or a .json/.jsonl file; repeat for several."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<date>-<time>-<hash>)."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Examples per task."),
-    split: str = typer.Option("test", help="Split of a generated task: train, valid or test."),
+    common: CommonOptions,
     gate: str = typer.Option("token", help="token | latent | entropy | fixed."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Entropy gate: latent when H > threshold."),
-    unit: str = typer.Option("nats", help="Threshold unit: nats | bits | normalized (H / log V)."),
+    threshold_map: Optional[Path] = typer.Option(None, "--threshold-map", help="Entropy gate: JSON {domain: threshold} ('*' = other domains) instead of one --threshold."),
     k: Optional[int] = typer.Option(None, "--k", help="Fixed gate: number of leading latent steps."),
     max_consecutive: Optional[int] = typer.Option(None, help="Entropy gate: at most this many latent steps in a row."),
     max_latent: Optional[int] = typer.Option(None, help="Entropy gate: at most this many latent steps per sequence."),
     latent: str = typer.Option("hidden", help="Latent mode: hidden | hidden-normed | soft | topk-soft."),
-    latent_temperature: float = typer.Option(1.0, help="Soft latent modes: softmax temperature of the mixture."),
-    latent_top_k: int = typer.Option(8, help="topk-soft: number of token embeddings mixed."),
-    markers: Optional[str] = typer.Option(None, help="Begin,end thought tokens fed around latent segments, e.g. '<bot>,<eot>'."),
-    temperature: float = typer.Option(0.0, help="Sampling temperature; 0 = greedy."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
-    top_k: int = typer.Option(0, help="Sample among the k most likely tokens (0 = all)."),
-    max_new_tokens: int = typer.Option(128, help="Generated positions per example (tokens, latents, markers)."),
-    stop: List[str] = typer.Option([], "--stop", help="Stop string; repeat for several."),
-    batch_size: int = typer.Option(16, min=1, help="Examples decoded together."),
-    seed: int = typer.Option(0, help="Run seed; each example's sampling seed derives from it and the example id."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a run directory, skipping recorded samples."),
-    prompt: Optional[Path] = typer.Option(None, "--prompt", help="Prompt template file overriding the task's."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer id or directory, when the model's own is missing."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
-    trust_remote_code: bool = typer.Option(False, help="Allow code shipped with a hub checkpoint to run."),
 ) -> None:
     """Decode task examples under one gate and latent mode; append one record per example to samples.jsonl."""
-    from transformers.utils import logging as hf_logging
+    from latentcot.config import GateConfig
+    from latentcot.experiment import Setting
+    from latentcot.grid import read_threshold_map
 
-    from latentcot import experiment
-    from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
+    taus = tuple(read_threshold_map(threshold_map).items()) if threshold_map else None
+    gate_cfg = GateConfig(gate, threshold, common.unit, max_consecutive, max_latent, k, threshold_map=taus)
+    _execute(common, [Setting(gate_cfg, _latent_config(common, latent), _decode_config(common))])
 
-    hf_logging.disable_progress_bar()  # the run has its own progress bar; keep stderr readable
 
-    marker_pair = tuple(markers.split(",")) if markers else None
-    setting = experiment.Setting(
-        GateConfig(gate, threshold, unit, max_consecutive, max_latent, k),
-        LatentConfig(latent, latent_temperature, latent_top_k),
-        DecodeConfig(max_new_tokens, temperature, top_p, top_k, tuple(stop), marker_pair),
-    )
-    model_cfg = ModelConfig(model, tokenizer=tokenizer, dtype=dtype, device=device,
-                            trust_remote_code=trust_remote_code)
-    plan = experiment.Plan(model=model_cfg, tasks=tuple(task), settings=(setting,), split=split, limit=limit,
-                           batch_size=batch_size, seed=seed, prompt_file=str(prompt) if prompt else None)
-    experiment.execute(plan, out, resume=resume, argv=sys.argv)
+@app.command(epilog=SWEEP_EXAMPLES)
+@decoding_options
+def sweep(
+    common: CommonOptions,
+    thresholds: Optional[str] = typer.Option(None, "--thresholds", help="Entropy thresholds: a list '0,0.5,1' or a range 'start:stop:step' (stop included)."),
+    threshold_map: Optional[Path] = typer.Option(None, "--threshold-map", help="Also run one setting with a threshold per domain: JSON {domain: threshold}, '*' = other domains."),
+    latent: str = typer.Option("hidden", help="Latent mode(s), comma-separated: hidden, hidden-normed, soft, topk-soft."),
+    max_consecutive: Optional[int] = typer.Option(None, help="Entropy gate: at most this many latent steps in a row."),
+    max_latent: Optional[int] = typer.Option(None, help="Entropy gate: at most this many latent steps per sequence."),
+) -> None:
+    """Thresholds × latent modes × tasks in one run directory, plus the token-only and latent-only baselines."""
+    from latentcot.grid import parse_thresholds, read_threshold_map, sweep_settings
+
+    taus = parse_thresholds(thresholds) if thresholds is not None else []
+    latents = [_latent_config(common, kind.strip()) for kind in latent.split(",") if kind.strip()]
+    settings = sweep_settings(taus, latents, _decode_config(common), unit=common.unit,
+                              threshold_map=read_threshold_map(threshold_map) if threshold_map else None,
+                              max_consecutive=max_consecutive, max_latent=max_latent)
+    _execute(common, settings)
 
 
 @app.command("tasks")
@@ -83,6 +199,30 @@ def list_tasks_command() -> None:
     width = max(len(name) for name, _, _ in rows)
     for name, domain, description in rows:
         typer.echo(f"{name:<{width}}  {domain:<11}  {description}")
+
+
+@app.command("models")
+def list_models_command() -> None:
+    """List the zoo: built-in models and the ones you trained ($LATENTCOT_HOME/models), with their status."""
+    from latentcot.zoo.registry import BUILTIN_ROOT, list_models, user_root
+
+    models = list_models()
+    if not models:
+        typer.echo(f"no models yet: built-in ones ship in {BUILTIN_ROOT}; `latentcot train` adds yours to {user_root()}")
+        return
+    rows = [(f"builtin:{m.name}", m.origin, str(m.card.get("task", "?")), str(m.card.get("method", "?")),
+             _accuracy_text(m.card), m.status) for m in models]
+    header = ("model", "origin", "task", "method", "test acc", "status")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _accuracy_text(card: dict) -> str:
+    accuracy, n = card.get("test_accuracy"), card.get("test_examples")
+    if not isinstance(accuracy, (int, float)):
+        return "-"
+    return f"{accuracy:.1%}" + (f" (n={n})" if n else "")
 
 
 def main(argv: list[str] | None = None) -> None:

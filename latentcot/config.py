@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
@@ -86,13 +88,24 @@ class GateConfig:
     max_consecutive: int | None = None  # entropy gate: at most this many latent steps in a row
     max_latent: int | None = None       # entropy gate: at most this many latent steps per row
     k: int | None = None                # fixed gate: the first k steps are latent
+    # entropy gate with a threshold per domain: ((domain, τ), ...), "*" = any other domain.
+    # A record's `threshold` is then the τ of its example's domain (see `for_domain`).
+    threshold_map: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self):
         _choice(self.kind, GATES, "gate")
         _choice(self.unit, UNITS, "unit")
+        if self.threshold_map is not None:
+            _check(self.kind == "entropy", "a threshold map only applies to the entropy gate")
+            pairs = dict(self.threshold_map.items() if isinstance(self.threshold_map, Mapping) else self.threshold_map)
+            _check(bool(pairs), "the threshold map is empty")
+            for domain, tau in pairs.items():
+                _check(_is_threshold(tau), f"threshold for domain {domain!r} must be a number >= 0, got {tau!r}")
+            object.__setattr__(self, "threshold_map", tuple(sorted((str(d), float(t)) for d, t in pairs.items())))
         if self.kind == "entropy":
-            _check(self.threshold is not None, "the entropy gate needs a threshold")
-            _check(not math.isnan(self.threshold) and self.threshold >= 0,
+            _check(self.threshold is not None or self.threshold_map is not None,
+                   "the entropy gate needs a threshold (or a threshold map)")
+            _check(self.threshold is None or _is_threshold(self.threshold),
                    f"threshold must be a number >= 0, got {self.threshold!r}")
         else:
             _check(self.threshold is None, f"threshold only applies to the entropy gate, not {self.kind!r}")
@@ -104,6 +117,19 @@ class GateConfig:
             _check(isinstance(self.k, int) and self.k >= 0, "the fixed gate needs k, an integer >= 0")
         else:
             _check(self.k is None, f"k only applies to the fixed gate, not {self.kind!r}")
+
+    def for_domain(self, domain: str) -> "GateConfig":
+        """This gate with a threshold map resolved to the threshold of ``domain``."""
+        if self.threshold_map is None:
+            return self
+        taus = dict(self.threshold_map)
+        _check(domain in taus or "*" in taus, f"the threshold map has no entry for domain {domain!r} "
+               f"(it has {', '.join(taus)}; add it or a \"*\" default)")
+        return dataclasses.replace(self, threshold=taus.get(domain, taus.get("*")))
+
+
+def _is_threshold(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +154,7 @@ def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
         "temperature": decode.temperature, "top_p": decode.top_p, "top_k": decode.top_k,
         "max_new_tokens": decode.max_new_tokens, "stop": list(decode.stop),
         "markers": list(decode.markers) if decode.markers else None,
+        "threshold_map": dict(gate.threshold_map) if gate.threshold_map else None,
     }
 
 
@@ -139,6 +166,9 @@ def setting_id(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
         parts = ["latent", latent.kind]
     elif gate.kind == "fixed":
         parts = [f"fixed-k{gate.k}", latent.kind]
+    elif gate.threshold_map is not None:  # one id for every domain's threshold
+        digest = hashlib.sha256(json.dumps(gate.threshold_map).encode()).hexdigest()[:6]
+        parts = [f"entropy-map{digest}-{gate.unit[:4]}", latent.kind]
     else:
         parts = [f"entropy-{gate.threshold:g}{gate.unit[:4]}", latent.kind]
         if gate.max_consecutive is not None:

@@ -26,6 +26,7 @@ from latentcot.store import RunStore, read_samples
 from latentcot.types import Example, SampleRecord, Trace
 
 SPLITS = ("train", "valid", "test")
+MEASUREMENTS = ("counterfactual",)
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,48 @@ def make_record(task, example: Example, setting: Setting, trace: Trace) -> Sampl
     )
 
 
+class Progress:
+    """One progress bar for a run: samples done (with ETA), settings done, generated steps per second."""
+
+    def __init__(self, total: int, done: int, settings_total: int, settings_done: int):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, initial=done, desc="samples", unit="ex", dynamic_ncols=True)
+        self._settings = [settings_done, settings_total]
+        self._steps, self._started = 0, time.perf_counter()
+        self._show()
+
+    def _show(self) -> None:
+        rate = self._steps / max(time.perf_counter() - self._started, 1e-9)
+        self._bar.set_postfix_str(f"settings {self._settings[0]}/{self._settings[1]}, {rate:.0f} steps/s")
+
+    def batch(self, rows: int, steps: int) -> None:
+        self._steps += steps
+        self._bar.update(rows)
+        self._show()
+
+    def setting_done(self) -> None:
+        self._settings[0] += 1
+        self._show()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _by_domain(setting: Setting, task, examples: Sequence[Example]) -> list[tuple[Setting, list[Example]]]:
+    """A per-domain threshold map decodes each domain with its own τ; any other setting is one group."""
+    if setting.gate.threshold_map is None:
+        return [(setting, list(examples))]
+    groups: dict[str, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(example.domain or task.domain, []).append(example)
+    return [(dataclasses.replace(setting, gate=setting.gate.for_domain(domain)), group)
+            for domain, group in groups.items()]
+
+
 def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Sequence[Setting],
                  store: RunStore, done: set[tuple[str, str, str]], *, batch_size: int, seed: int,
-                 on_batch: Callable[[int, int], None] = lambda rows, steps: None) -> int:
+                 progress: Progress | None = None) -> int:
     """Decode every (example, setting) whose key is not in ``done`` (``store.done_keys()``, read once
     per run); returns how many records were added.
 
@@ -65,18 +105,23 @@ def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Se
     """
     added = 0
     for setting in settings:
-        gate, latent = make_gate(setting.gate), make_latent(setting.latent)
+        latent = make_latent(setting.latent)
         # the task's template says where an answer ends (e.g. before a next "Question:")
         decode = dataclasses.replace(setting.decode, stop=tuple(dict.fromkeys(setting.decode.stop + task.stop)))
         todo = [e for e in examples if (task.spec, setting.id, e.id) not in done]
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            traces = engine.generate([task.prompt(e) for e in batch], gate, latent, decode,
-                                     seed=[row_seed(seed, e.id) for e in batch])
-            for example, trace in zip(batch, traces):
-                store.append(make_record(task, example, setting, trace).to_dict())
-            added += len(batch)
-            on_batch(len(batch), sum(t.n_steps for t in traces))
+        for resolved, group in _by_domain(setting, task, todo):
+            gate = make_gate(resolved.gate)
+            for start in range(0, len(group), batch_size):
+                batch = group[start:start + batch_size]
+                traces = engine.generate([task.prompt(e) for e in batch], gate, latent, decode,
+                                         seed=[row_seed(seed, e.id) for e in batch])
+                for example, trace in zip(batch, traces):
+                    store.append(make_record(task, example, resolved, trace).to_dict())
+                added += len(batch)
+                if progress:
+                    progress.batch(len(batch), sum(t.n_steps for t in traces))
+        if todo and progress:
+            progress.setting_done()
     return added
 
 
@@ -92,8 +137,14 @@ class Plan:
     batch_size: int = 16
     seed: int = 0
     prompt_file: str | None = None
+    measure: tuple[str, ...] = ()      # extra per-step measurements (see MEASUREMENTS)
 
     def __post_init__(self):
+        for name in self.measure:
+            if name not in MEASUREMENTS:
+                raise InputError(f"unknown measurement {name!r}; valid: {', '.join(MEASUREMENTS)}")
+        if not self.settings:
+            raise InputError("no decoding setting given")
         if self.split not in SPLITS:
             raise InputError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
         if not self.tasks:
@@ -170,11 +221,19 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _check_runnable(plan: Plan, tasks, engine: Engine) -> None:
+    """Refuse, before anything is written, what would fail halfway through the run."""
+    longest = max(s.decode.max_new_tokens for s in plan.settings)
+    for task, examples in tasks:
+        engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
+        for setting in plan.settings:
+            for example in examples:
+                setting.gate.for_domain(example.domain or task.domain)
+
+
 def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequence[str] = (),
             echo: Callable[[str], None] = print) -> Path:
     """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory."""
-    from tqdm import tqdm
-
     from latentcot.model import load_model
 
     tasks = load_examples(plan)
@@ -182,24 +241,18 @@ def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequenc
     RunStore.check(out, resume)  # before the slow model load
     loaded = load_model(plan.model)
     engine = Engine(loaded.model, loaded.tokenizer)
-    longest = max(s.decode.max_new_tokens for s in plan.settings)
-    for task, examples in tasks:  # refuse before anything is written, not halfway through
-        engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
-    total = sum(len(examples) for _, examples in tasks) * len(plan.settings)
+    _check_runnable(plan, tasks, engine)
     with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume) as store:
         done = store.done_keys()
-        started = time.perf_counter()
-        steps = 0
-        with tqdm(total=total, initial=len(done), desc="samples", unit="ex", dynamic_ncols=True) as bar:
-            def progress(rows: int, n_steps: int) -> None:
-                nonlocal steps
-                steps += n_steps
-                bar.update(rows)
-                bar.set_postfix(steps_per_s=f"{steps / max(time.perf_counter() - started, 1e-9):.0f}")
-
+        groups = [(task.spec, s.id, [e.id for e in examples]) for task, examples in tasks for s in plan.settings]
+        complete = sum(all((spec, sid, e) in done for e in ids) for spec, sid, ids in groups)
+        progress = Progress(sum(len(ids) for *_, ids in groups), len(done), len(groups), complete)
+        try:
             for task, examples in tasks:
                 run_examples(engine, task, examples, plan.settings, store, done, batch_size=plan.batch_size,
-                             seed=plan.seed, on_batch=progress)
+                             seed=plan.seed, progress=progress)
+        finally:
+            progress.close()
     echo(format_summary(summarize(read_samples(out))))
     echo(f"records: {out / 'samples.jsonl'}")
     return out

@@ -17,6 +17,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from latentcot.config import ModelConfig
 from latentcot.errors import InputError
+from latentcot.zoo import registry as zoo_registry
 
 BUILTIN_PREFIX = "builtin:"
 # Types that AutoModelForCausalLM accepts but whose checkpoints are bidirectional encoders.
@@ -31,15 +32,6 @@ class LoadedModel:
     identity: dict[str, Any]     # what the run manifest records about the model
 
 
-def resolve_builtin(name: str) -> Path:
-    """Directory of a built-in model. Built-ins are files shipped inside the package."""
-    root = Path(__file__).resolve().parent / "zoo" / "models"
-    available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    if name not in available:
-        raise InputError(f"unknown built-in model {name!r}; available: {', '.join(available) or 'none'}")
-    return root / name
-
-
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.endswith("/") or Path(spec).exists()
 
@@ -47,7 +39,7 @@ def _looks_like_path(spec: str) -> bool:
 def resolve_source(spec: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, is it a local directory)."""
     if spec.startswith(BUILTIN_PREFIX):
-        return str(resolve_builtin(spec[len(BUILTIN_PREFIX):])), True
+        return str(zoo_registry.resolve(spec[len(BUILTIN_PREFIX):])), True
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.is_dir():
