@@ -190,7 +190,7 @@ def sweep(
     _execute(common, settings)
 
 
-@app.command("tasks")
+@app.command("tasks", epilog="Example:\n\n  latentcot tasks\n\n  latentcot run --model M --task addition:n=8,digits=3 --task prosqa:hops=4")
 def list_tasks_command() -> None:
     """List the registered tasks with their domain and a one-line description."""
     from latentcot.tasks import list_tasks
@@ -201,7 +201,7 @@ def list_tasks_command() -> None:
         typer.echo(f"{name:<{width}}  {domain:<11}  {description}")
 
 
-@app.command("models")
+@app.command("models", epilog="Example:\n\n  latentcot models\n\n  latentcot run --model builtin:NAME --task addition --gate token")
 def list_models_command() -> None:
     """List the zoo: built-in models and the ones you trained ($LATENTCOT_HOME/models), with their status."""
     from latentcot.zoo.registry import BUILTIN_ROOT, list_models, user_root

@@ -98,6 +98,10 @@ def bad_inputs(tmp_path, saved_model, dataset, models, tokenizer):
     models["gpt2"].save_pretrained(no_tokenizer)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "1+1=", "answer": "2"}\n{"question": "2+2=", "answer": \n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    taus = tmp_path / "taus.json"
+    taus.write_text('{"*": 1.0}')
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     base = ["--model", saved_model, "--task", dataset]
@@ -110,6 +114,10 @@ def bad_inputs(tmp_path, saved_model, dataset, models, tokenizer):
         "negative threshold": ([*base, "--gate", "entropy", "--threshold", "-1"], "threshold must be a number >= 0"),
         "nan threshold": ([*base, "--gate", "entropy", "--threshold", "nan"], "threshold must be a number >= 0"),
         "malformed dataset": (["--model", saved_model, "--task", broken], f"{broken}:2"),
+        "empty dataset": (["--model", saved_model, "--task", empty], "no examples"),
+        "unknown hub model offline": (["--model", "no-such-org/no-such-model", "--task", dataset], "cannot load model"),
+        "unknown task": ([*base[:2], "--task", "sudoku"], "unknown task 'sudoku'; valid tasks: addition, phop"),
+        "threshold map for another gate": ([*base, "--threshold-map", taus], "only applies to the entropy gate"),
         "out is a file": ([*base, "--out", a_file], "is a file"),
         "prompt longer than the context": ([*base, "--max-new-tokens", "600"], "exceeds the model's context of 512"),
         "not an integer": ([*base, "--limit", "many"], "Invalid value for '--limit'"),
