@@ -19,10 +19,12 @@ from latentcot.errors import InputError
 from latentcot.gates import Gate
 from latentcot.kvcache import preallocated_cache
 from latentcot.latent import LatentMode
+from latentcot.measure import StepMeasurements
 from latentcot.sampling import choose_tokens, distribution_stats, make_generators, row_seed
 from latentcot.types import LATENT, LATENT_TEXT, MARKER, TOKEN, EmbeddingTable, StepView, Trace
 
 MODES = (TOKEN, LATENT, MARKER)  # codes 0, 1, 2 in the per-step mode tensor
+CORE_FIELDS = ("mode", "token_id", "entropy", "p_token", "p_max")
 FINISH = ("length", "eos", "stop")
 
 
@@ -168,8 +170,9 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], gate: Gate, latent: LatentMode, cfg: DecodeConfig,
-                 seed: int | Sequence[int] = 0) -> list[Trace]:
-        """One Trace per prompt. ``seed``: one run seed (rows get derived seeds) or one seed per row."""
+                 seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]:
+        """One Trace per prompt. ``seed``: one run seed (rows get derived seeds) or one seed per row.
+        ``measure``: extra per-step measurements, e.g. ("counterfactual",) (see latentcot.measure)."""
         batch = len(prompts)
         seeds = [row_seed(seed, i) for i in range(batch)] if isinstance(seed, int) else list(seed)
         generators = None if cfg.greedy else make_generators(seeds, self.device)
@@ -188,6 +191,10 @@ class Engine:
         rows, steps = _Rows.start(batch, self.device), _Steps()
         recent_tokens: list[list[int]] = [[] for _ in range(batch)]     # only kept for stop strings
         cache = preallocated_cache(self.model.config, capacity=width + cfg.max_new_tokens)
+        measured = None
+        if "counterfactual" in measure:
+            measured = StepMeasurements(self.table, self.model.get_output_embeddings())
+            cache.activate_past_recording()  # sliding-window layers can then roll a probe back too
         with _capture_final_hidden(self.model) as box:
             logits, hidden = self._forward(cache, prompt_mask, positions, box, input_ids=ids)
             for t in range(cfg.max_new_tokens):
@@ -198,9 +205,12 @@ class Engine:
                 is_latent, is_marker, fed = rows.decide(gate(view), sampled, markers)
                 recorded = torch.where(is_latent, argmax, fed)          # argmax stands for a latent step
                 x = self.embed(fed)                                     # (B, D)
-                if bool(is_latent.any()):
-                    x = torch.where(is_latent[:, None], latent(view, self.table), x)
+                if measured or bool(is_latent.any()):
+                    vector = latent(view, self.table)                   # (B, D)
+                    x = torch.where(is_latent[:, None], vector, x)
                 steps.record(is_latent, is_marker, recorded, entropy, probs, argmax, rows.active)
+                if measured:
+                    measured.latent_geometry(x, is_latent)
 
                 rows.advance(is_latent)
                 is_token = ~(is_latent | is_marker)
@@ -209,11 +219,24 @@ class Engine:
                 if cfg.stop:
                     rows.end(self._stop_hits(cfg.stop, fed, is_token, rows.active, recent_tokens), "stop")
                 if t + 1 == cfg.max_new_tokens or not bool(rows.active.any()):
+                    if measured:
+                        measured.counterfactual(None, None, is_token)
                     break
+                probe = None
+                if measured:  # the next step as it would be had the latent been fed; then forget it
+                    probe, _ = self._forward(cache, mask[:, : width + t + 1], next_position, box,
+                                             inputs_embeds=vector[:, None])
+                    cache.crop(-1)
                 logits, hidden = self._forward(cache, mask[:, : width + t + 1], next_position, box,
                                                inputs_embeds=x[:, None])
+                if measured:
+                    measured.counterfactual(probe, logits, is_token)
                 next_position = next_position + 1
-        return self._traces(prompts, steps.per_row(), rows.finish.tolist())
+        per_row = steps.per_row()
+        if measured:
+            is_latent_rows = [[m == MODES.index(LATENT) for m in row] for row in per_row["mode"]]
+            per_row.update(measured.per_row(is_latent_rows, lambda i: self.tokenizer.decode([i])))
+        return self._traces(prompts, per_row, rows.finish.tolist())
 
     def _stop_hits(self, stop: tuple[str, ...], fed: torch.Tensor, is_token: torch.Tensor,
                    active: torch.Tensor, recent_tokens: list[list[int]]) -> torch.Tensor:
@@ -247,6 +270,7 @@ class Engine:
                 entropy=kept["entropy"],
                 p_token=kept["p_token"],
                 p_max=kept["p_max"],
+                extra={name: kept[name] for name in kept if name not in CORE_FIELDS},
             ))
         return traces
 

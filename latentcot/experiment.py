@@ -96,7 +96,7 @@ def _by_domain(setting: Setting, task, examples: Sequence[Example]) -> list[tupl
 
 def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Sequence[Setting],
                  store: RunStore, done: set[tuple[str, str, str]], *, batch_size: int, seed: int,
-                 progress: Progress | None = None) -> int:
+                 measure: Sequence[str] = (), progress: Progress | None = None) -> int:
     """Decode every (example, setting) whose key is not in ``done`` (``store.done_keys()``, read once
     per run); returns how many records were added.
 
@@ -114,7 +114,7 @@ def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Se
             for start in range(0, len(group), batch_size):
                 batch = group[start:start + batch_size]
                 traces = engine.generate([task.prompt(e) for e in batch], gate, latent, decode,
-                                         seed=[row_seed(seed, e.id) for e in batch])
+                                         seed=[row_seed(seed, e.id) for e in batch], measure=measure)
                 for example, trace in zip(batch, traces):
                     store.append(make_record(task, example, resolved, trace).to_dict())
                 added += len(batch)
@@ -250,7 +250,7 @@ def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequenc
         try:
             for task, examples in tasks:
                 run_examples(engine, task, examples, plan.settings, store, done, batch_size=plan.batch_size,
-                             seed=plan.seed, progress=progress)
+                             seed=plan.seed, measure=plan.measure, progress=progress)
         finally:
             progress.close()
     echo(format_summary(summarize(read_samples(out))))

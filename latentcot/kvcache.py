@@ -55,8 +55,10 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
     def crop(self, tokens_to_remove: int) -> None:
-        """Forget the last ``-tokens_to_remove`` positions (negative, as DynamicLayer.crop takes)."""
-        self.length = max(0, self.length - abs(tokens_to_remove))
+        """DynamicLayer's contract: negative = forget that many last positions; positive (legacy) = keep
+        that many. The buffers stay; the next update overwrites the forgotten slots."""
+        keep = self.length + tokens_to_remove if tokens_to_remove <= 0 else min(self.length, tokens_to_remove)
+        self.length = max(0, keep)
         if self.is_initialized:
             self._expose()
 
