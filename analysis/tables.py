@@ -1,0 +1,95 @@
+"""Every analysis table of a run in one call, with a list of what could not be computed and why.
+
+    tables = compute_tables(run.samples, run.steps)
+    tables["accuracy_vs_threshold"], tables.skipped
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from analysis.accuracy import accuracy_vs_entropy, accuracy_vs_threshold, best_thresholds, \
+    pareto_table, per_domain_vs_global, settings_table, threshold_rows
+from analysis.info_loss import available_metrics, entropy_by_domain, info_loss_bins, info_loss_correlations
+from analysis.stats import AnalysisOptions
+
+TABLE_TITLES = {
+    "settings": "Accuracy per domain and setting",
+    "entropy_by_domain": "Step entropy (nats) per domain",
+    "info_loss_correlation": "Information loss vs entropy: Spearman ρ",
+    "info_loss_bins": "Information loss vs entropy: binned means",
+    "accuracy_vs_threshold": "Accuracy and latent fraction vs τ",
+    "best_threshold": "Best τ per domain",
+    "per_domain_vs_global": "Per-domain τ vs one global τ",
+    "accuracy_vs_entropy": "Accuracy vs per-example mean entropy",
+    "pareto": "Accuracy vs forward passes (Pareto front)",
+}
+
+
+@dataclass(frozen=True)
+class AnalysisTables(Mapping[str, pd.DataFrame]):
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.tables[name]
+
+    def __iter__(self):
+        return iter(self.tables)
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+
+def skipped_analyses(samples: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
+    """What a run's settings, domains and measurements leave out, one line each."""
+    skipped = []
+    gates = set(samples["gate"].dropna())
+    families = threshold_rows(samples)
+    if families.empty:
+        skipped.append("accuracy vs τ: no entropy-gate settings with a single threshold")
+    else:
+        per_family = families.groupby(["domain", "family"], observed=True)["threshold"].nunique()
+        if (per_family < 2).all():
+            skipped.append("best τ per domain: fewer than 2 thresholds per domain and family")
+    domains = samples["domain"].nunique()
+    if domains < 2:
+        skipped.append("per-domain vs global τ: the run has one domain")
+    elif not families.empty and families.groupby("family")["domain"].nunique().max() < 2:
+        skipped.append("per-domain vs global τ: no threshold family covers 2 domains")
+    if "token" not in gates:
+        skipped.append("token-only baseline: no setting with gate token")
+    if "latent" not in gates:
+        skipped.append("latent-only baseline: no setting with gate latent")
+    names = {m.name for m in available_metrics(steps)}
+    if "discarded" not in names:
+        skipped.append("information loss at token steps: the run has no token steps")
+    if "kl_counterfactual" not in names:
+        skipped.append("counterfactual KL: not measured (run with --measure counterfactual)")
+    if {"latent_token_cos", "latent_norm"}.isdisjoint(names):
+        skipped.append("latent-vector geometry and logit lens: not measured (needs latent steps and "
+                       "--measure counterfactual)")
+    return skipped
+
+
+def compute_tables(samples: pd.DataFrame, steps: pd.DataFrame,
+                   options: AnalysisOptions = AnalysisOptions()) -> AnalysisTables:
+    """All tables of ``TABLE_TITLES`` (empty frames where a run lacks what one needs; the reason is
+    in ``skipped``). One seeded generator feeds every bootstrap, in a fixed order."""
+    rng: np.random.Generator = options.rng()
+    settings = settings_table(samples, options)
+    tables = {
+        "settings": settings,
+        "entropy_by_domain": entropy_by_domain(steps),
+        "info_loss_correlation": info_loss_correlations(steps, options, rng),
+        "info_loss_bins": info_loss_bins(steps, options, rng),
+        "accuracy_vs_threshold": accuracy_vs_threshold(samples, options),
+        "best_threshold": best_thresholds(samples, options, rng),
+        "per_domain_vs_global": per_domain_vs_global(samples, options, rng),
+        "accuracy_vs_entropy": accuracy_vs_entropy(samples, options),
+        "pareto": pareto_table(settings),
+    }
+    return AnalysisTables(tables, tuple(skipped_analyses(samples, steps)))
