@@ -231,11 +231,27 @@ def _check_runnable(plan: Plan, tasks, engine: Engine) -> None:
                 setting.gate.for_domain(example.domain or task.domain)
 
 
+MODEL_PROMPT = "prompt.json"  # a model directory may ship the prompt template it was trained with
+
+
+def with_model_prompt(plan: Plan) -> Plan:
+    """Use the model directory's own prompt template (zoo models are trained on one format) unless
+    a prompt file was given; the manifest then records which file was used."""
+    from latentcot.model import resolve_source
+
+    if plan.prompt_file is not None:
+        return plan
+    source, is_local = resolve_source(plan.model.model)
+    shipped = Path(source) / MODEL_PROMPT
+    return dataclasses.replace(plan, prompt_file=str(shipped)) if is_local and shipped.is_file() else plan
+
+
 def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequence[str] = (),
             echo: Callable[[str], None] = print) -> Path:
     """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory."""
     from latentcot.model import load_model
 
+    plan = with_model_prompt(plan)
     tasks = load_examples(plan)
     out = out if out is not None else default_run_dir(plan)
     RunStore.check(out, resume)  # before the slow model load

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,19 @@ def test_empty_zoo_says_where_models_come_from(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(registry, "BUILTIN_ROOT", tmp_path / "no-builtins")
     assert cli("models") == 0
     assert "latentcot train" in capsys.readouterr().out
+
+
+def test_a_model_directory_prompt_is_used_unless_one_is_given(home, tmp_path):
+    model_dir = home / "models" / "my-adder"
+    (model_dir / "prompt.json").write_text(json.dumps({
+        "template": "Q {question}\n", "answer_prefix": "Answer:", "answer_format": "Answer: <number>"}))
+    out = tmp_path / "own"
+    assert cli("run", "--model", "builtin:my-adder", "--task", "addition:n=2,digits=1", "--limit", "2",
+               "--max-new-tokens", "4", "--out", out) == 0
+    assert all(r["prompt"].startswith("Q ") and r["prompt"].endswith("=\n") for r in records(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["prompt_file"] == str(model_dir / "prompt.json")
+    override = tmp_path / "override"
+    assert cli("run", "--model", "builtin:my-adder", "--task", "addition:n=2,digits=1", "--limit", "2",
+               "--max-new-tokens", "4", "--prompt", Path(__file__).parents[1] / "prompts" / "arithmetic.json", "--out", override) == 0
+    assert all(r["prompt"].startswith("Add the numbers") for r in records(override))
