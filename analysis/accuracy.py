@@ -109,7 +109,8 @@ def best_thresholds(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOp
     """Best τ per domain and family (highest accuracy; ties go to the smallest τ) with the Wilson
     interval of its accuracy, and how stable the choice is: a bootstrap over examples (each
     replicate resamples examples, keeping their results at every τ together) gives a percentile
-    interval of the arg-max τ and the share of replicates that pick the same τ."""
+    interval of the arg-max τ and the share of replicates that pick the same τ. ``n_tied`` counts
+    the τ sharing the best accuracy: above 1, the choice among them is the tie rule, not the data."""
     rng = rng if rng is not None else options.rng()
     out = []
     for (domain, family), rows in threshold_rows(samples).groupby(["domain", "family"], observed=True):
@@ -128,9 +129,10 @@ def best_thresholds(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOp
                     "threshold_lo": np.quantile(chosen, alpha, method="lower"),
                     "threshold_hi": np.quantile(chosen, 1 - alpha, method="higher"),
                     "stability": float(np.mean(chosen == taus[best])), "n_thresholds": len(taus),
+                    "n_tied": int(np.sum(accuracy == accuracy[best])),
                     "enough": n >= options.min_points})
     columns = ["domain", "family", "best_threshold", "accuracy", "lo", "hi", "n", "threshold_lo",
-               "threshold_hi", "stability", "n_thresholds", "enough"]
+               "threshold_hi", "stability", "n_thresholds", "n_tied", "enough"]
     return pd.DataFrame(out, columns=columns)
 
 

@@ -54,17 +54,14 @@ def wilson_interval(successes, n, confidence: float = 0.95) -> tuple[np.ndarray,
     return lo, hi
 
 
-def cluster_codes(labels) -> np.ndarray:
-    """Integer codes 0..G-1 for cluster labels (any hashable values)."""
-    return np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)[1].ravel()
-
-
 def cluster_counts(n_clusters: int, n_boot: int, rng: np.random.Generator,
                    max_cells: int = 1 << 22) -> Iterator[np.ndarray]:
     """Cluster-bootstrap draws in chunks of replicates: row = replicate, column = how often that
     cluster was drawn (G draws with replacement from G clusters). Chunked so memory stays bounded
     for runs with many records."""
-    per_chunk = max(1, max_cells // max(n_clusters, 1))
+    if n_clusters == 0:
+        return
+    per_chunk = max(1, max_cells // n_clusters)
     for start in range(0, n_boot, per_chunk):
         k = min(per_chunk, n_boot - start)
         draws = rng.integers(0, n_clusters, size=(k, n_clusters)) + (np.arange(k) * n_clusters)[:, None]
@@ -213,7 +210,7 @@ def binned_means(x, y, clusters, edges: np.ndarray, rng: np.random.Generator, n_
     n = sizes.sum(axis=0).astype(int)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums.sum(axis=0) / n
-        reps = [_matmul(c, sums) / _matmul(c, sizes) for c in cluster_counts(n_clusters, n_boot, rng)] if n_clusters else []
+        reps = [_matmul(c, sums) / _matmul(c, sizes) for c in cluster_counts(n_clusters, n_boot, rng)]
     lo, hi = percentile_interval(np.vstack(reps), confidence) if reps else (np.full(n_bins, np.nan),) * 2
     return BinnedMeans(edges[:-1], edges[1:], (edges[:-1] + edges[1:]) / 2, n, (sizes > 0).sum(axis=0),
                        mean, lo, hi)

@@ -121,7 +121,8 @@ def test_measured_arrays_add_metrics_at_their_step_modes():
         h = rng.uniform(0, 3, size=8)
         latent = h > 1.5
         recs.append(record(setting("entropy", 1.5), "d", f"e{i}", True, h,
-                           kl_counterfactual=[None if m else float(x) * 0.5 + rng.normal() * 0.1 for m, x in zip(latent, h)],
+                           kl_counterfactual=[None if m else float(x) * 0.5 + rng.normal() * 0.1
+                                              for m, x in zip(latent, h)],
                            latent_token_cos=[float(1 - x / 4) if m else None for m, x in zip(latent, h)],
                            latent_norm=[float(x) if m else None for m, x in zip(latent, h)],
                            lens_top=[["a", "b", "c", "d", "e"] if m else None for m in latent]))
