@@ -1,0 +1,128 @@
+"""Training sequences per method and curriculum stage.
+
+Every sequence is split in two parts that meet at the latent segment (empty for cot/nocot):
+
+    prefix  = prompt [+ <bot>]                      left-padded, no loss
+    latents = n_latent continuous thoughts           (coconut only; filled in by the forward)
+    suffix  = [<eot>] + completion + <eos>           right-padded, loss on completion + <eos>
+
+Completions: ``cot`` writes every gold step on its own line, then ``Answer: X``; ``nocot``
+writes only ``Answer: X``; ``coconut`` at stage s replaces the first s steps by s·c latent
+positions (at the last stage, ``max_stage``, all steps are replaced). This is the layout the
+engine decodes with ``--gate fixed --k s·c --latent hidden --markers "<bot>,<eot>"``: the begin
+marker is fed, each latent is the final hidden state of the previous position, then the end
+marker, then tokens.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from latentcot.types import Example
+
+METHODS = ("cot", "nocot", "coconut")
+ANSWER_PREFIX = "Answer:"
+MARKERS = ("<bot>", "<eot>")
+PROMPT_FILE = "prompt.json"
+# Zero-shot: a trained model needs no instructions, only the question and the answer format.
+PROMPT = {
+    "description": "Zero-shot prompt of a latentcot zoo model: the question, then the solution.",
+    "template": "{question}\n",
+    "answer_prefix": ANSWER_PREFIX,
+    "answer_format": f"{ANSWER_PREFIX} <answer>",
+    "stop": ["\n\n"],
+}
+
+
+def write_prompt_file(directory: Path) -> Path:
+    path = Path(directory) / PROMPT_FILE
+    path.write_text(json.dumps(PROMPT, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one batch of examples is laid out: the method and its curriculum stage."""
+
+    method: str           # cot | nocot | coconut
+    stage: int = 0        # coconut: how many leading steps are replaced by latents
+    c: int = 1            # coconut: latent positions per replaced step
+    max_stage: int = 1    # coconut: at this stage every step is replaced
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}")
+        if not 0 <= self.stage <= self.max_stage:
+            raise ValueError(f"stage {self.stage} outside 0..{self.max_stage}")
+
+    @property
+    def markers(self) -> bool:
+        return self.method == "coconut"
+
+    @property
+    def n_latent(self) -> int:
+        return self.stage * self.c if self.method == "coconut" else 0
+
+    def kept_steps(self, steps: Sequence[str]) -> tuple[str, ...]:
+        if self.method == "nocot" or (self.method == "coconut" and self.stage >= self.max_stage):
+            return ()
+        if self.method == "coconut":
+            return tuple(steps[self.stage:])
+        return tuple(steps)
+
+    def completion(self, example: Example) -> str:
+        """The text after the prompt (and after the latent segment), without <eos>."""
+        lines = [*self.kept_steps(example.steps), f"{ANSWER_PREFIX} {example.answer}"]
+        return "\n".join(lines)
+
+
+@dataclass
+class Batch:
+    """Token ids of one training batch; the latent segment lies between prefix and suffix."""
+
+    prefix_ids: torch.Tensor    # (B, P) long, left-padded prompt [+ <bot>]
+    prefix_mask: torch.Tensor   # (B, P) long, 0 = padding
+    n_latent: int               # latent positions after the prefix, the same for every row
+    suffix_ids: torch.Tensor    # (B, S) long, right-padded [<eot>] + completion + <eos>
+    suffix_mask: torch.Tensor   # (B, S) long, 0 = padding
+    loss_mask: torch.Tensor     # (B, S) bool, True where the token is a training target
+
+    def to(self, device) -> "Batch":
+        return Batch(self.prefix_ids.to(device), self.prefix_mask.to(device), self.n_latent,
+                     self.suffix_ids.to(device), self.suffix_mask.to(device), self.loss_mask.to(device))
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def encode(tokenizer, prompts: Sequence[str], examples: Sequence[Example], layout: Layout) -> Batch:
+    """One batch of ``examples`` (with their rendered ``prompts``) in ``layout``."""
+    begin, end = (tokenizer.convert_tokens_to_ids(m) for m in MARKERS)
+    prefixes, suffixes, targets = [], [], []
+    for prompt, example in zip(prompts, examples, strict=True):
+        completion = _ids(tokenizer, layout.completion(example)) + [tokenizer.eos_token_id]
+        prefixes.append(_ids(tokenizer, prompt) + ([begin] if layout.markers else []))
+        suffixes.append(([end] if layout.markers else []) + completion)
+        targets.append([False] * int(layout.markers) + [True] * len(completion))
+    prefix_ids, prefix_mask = _pad(prefixes, tokenizer.pad_token_id, left=True)
+    suffix_ids, suffix_mask = _pad(suffixes, tokenizer.pad_token_id, left=False)
+    loss_mask = torch.zeros_like(suffix_mask, dtype=torch.bool)
+    for i, row in enumerate(targets):
+        loss_mask[i, : len(row)] = torch.tensor(row)
+    return Batch(prefix_ids, prefix_mask, layout.n_latent, suffix_ids, suffix_mask, loss_mask)

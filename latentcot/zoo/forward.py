@@ -1,0 +1,60 @@
+"""The training forward: token positions in parallel, latent positions one at a time.
+
+A latent position's input embedding is the model's own final (post-norm) hidden state at the
+previous position, exactly what the decoding engine feeds with ``--latent hidden``. Each latent
+therefore needs the one before it: the prefix is run once into a KV cache, then one cached
+forward per latent, then the suffix in one cached forward. Gradients flow through every latent
+into the positions it came from (back-propagation through the continuous thought).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from latentcot.zoo.data import Batch
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) position ids counting only real tokens, as HF and the engine do for left padding."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+def _final_hidden(model, **inputs) -> torch.Tensor:
+    """(B, T, D) final post-norm hidden states: the input of the LM head."""
+    return model.base_model(**inputs).last_hidden_state
+
+
+def predicting_hidden(model, batch: Batch) -> torch.Tensor:
+    """(B, S, D): for each suffix token, the hidden state of the position that predicts it."""
+    prefix_width = batch.prefix_ids.shape[1]
+    if batch.n_latent == 0:  # no latents: one ordinary forward over prefix + suffix
+        ids = torch.cat([batch.prefix_ids, batch.suffix_ids], dim=1)      # (B, P + S)
+        mask = torch.cat([batch.prefix_mask, batch.suffix_mask], dim=1)   # (B, P + S)
+        hidden = _final_hidden(model, input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
+        return hidden[:, prefix_width - 1: -1]                            # (B, S, D)
+
+    cache = DynamicCache(config=model.config)
+    mask, positions = batch.prefix_mask, _positions(batch.prefix_mask)
+    hidden = _final_hidden(model, input_ids=batch.prefix_ids, attention_mask=mask, position_ids=positions,
+                           past_key_values=cache, use_cache=True)
+    last = hidden[:, -1:]                                                 # (B, 1, D) at <bot>
+    next_position = positions[:, -1:] + 1                                 # (B, 1)
+    ones = torch.ones_like(mask[:, :1])
+    for _ in range(batch.n_latent):  # latent i is fed the hidden state of the position before it
+        mask = torch.cat([mask, ones], dim=1)
+        last = _final_hidden(model, inputs_embeds=last, attention_mask=mask, position_ids=next_position,
+                             past_key_values=cache, use_cache=True)       # (B, 1, D)
+        next_position = next_position + 1
+    suffix_width = batch.suffix_ids.shape[1]
+    mask = torch.cat([mask, batch.suffix_mask], dim=1)
+    suffix_positions = next_position + torch.arange(suffix_width, device=mask.device)  # (B, S)
+    hidden = _final_hidden(model, input_ids=batch.suffix_ids, attention_mask=mask,
+                           position_ids=suffix_positions, past_key_values=cache, use_cache=True)
+    return torch.cat([last, hidden[:, :-1]], dim=1)                       # (B, S, D)
+
+
+def loss_of(model, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over the batch's target tokens (a scalar with gradients)."""
+    logits = model.get_output_embeddings()(predicting_hidden(model, batch)).float()  # (B, S, V)
+    return F.cross_entropy(logits[batch.loss_mask], batch.suffix_ids[batch.loss_mask])
