@@ -201,6 +201,59 @@ def list_tasks_command() -> None:
         typer.echo(f"{name:<{width}}  {domain:<11}  {description}")
 
 
+@app.command(epilog="""
+Examples:
+
+  latentcot train --task addition:n=4,digits=2,reverse=1 --method cot --out models/add-cot --steps 3000
+
+  latentcot train --task addition:n=4,digits=2,reverse=1 --method coconut --init models/add-cot --out models/add-coconut --steps 1000 --mix-prob 0.3
+
+  latentcot train --task addition:n=4,digits=2,reverse=1 --method cot --out models/add-cot --resume
+
+  latentcot run --model models/add-coconut --prompt models/add-coconut/prompt.json --task addition:n=4,digits=2,reverse=1 --gate fixed --k 3 --markers "<bot>,<eot>"
+""")
+def train(
+    ctx: typer.Context,
+    task: str = typer.Option(..., "--task", "-t", help="Registered task, e.g. addition:n=4,digits=2,reverse=1."),
+    method: str = typer.Option(..., "--method", help="cot (steps, then answer) | nocot (answer only) | coconut (latent curriculum)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model directory (default $LATENTCOT_HOME/models/<task>-<method>)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="coconut: the cot model directory to start from."),
+    steps: int = typer.Option(3000, "--steps", help="Optimizer steps (coconut: per curriculum stage)."),
+    arch: str = typer.Option("llama", help="gpt2 | llama | qwen2 (new models only)."),
+    hidden: int = typer.Option(128, help="Model width."),
+    layers: int = typer.Option(4, help="Transformer layers."),
+    heads: int = typer.Option(4, help="Attention heads."),
+    lr: float = typer.Option(3e-3, help="Peak learning rate (AdamW)."),
+    warmup: int = typer.Option(100, help="Linear warm-up steps (per coconut stage)."),
+    batch_size: int = typer.Option(64, help="Examples per step (fresh from the train split each step)."),
+    c: int = typer.Option(1, "--c", help="coconut: latent thoughts per replaced step."),
+    max_stage: Optional[int] = typer.Option(None, help="coconut: last stage, all steps latent (default: the task's step count)."),
+    start_stage: int = typer.Option(1, help="coconut: first stage trained (0 = markers only)."),
+    mix_prob: float = typer.Option(0.0, help="coconut: chance a batch uses a random earlier stage."),
+    eval_every: int = typer.Option(500, help="Steps between validation checks and checkpoints."),
+    eval_examples: int = typer.Option(200, help="Valid-split examples per check."),
+    test_examples: int = typer.Option(500, help="Test-split examples measured for card.json."),
+    seed: int = typer.Option(0, help="Seed of the init, the data order and stage mixing."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the directory's last checkpoint."),
+) -> None:
+    """Train a small model on a task (cot, nocot or COCONUT) and write weights, prompt.json, train_log.jsonl and card.json."""
+    from latentcot.zoo.train import TrainConfig, default_out
+    from latentcot.zoo.train import train as train_model
+
+    cfg = TrainConfig(task=task, method=method, init=str(init) if init else None, arch=arch, hidden=hidden,
+                      layers=layers, heads=heads, lr=lr, warmup=warmup, batch_size=batch_size, steps=steps, c=c,
+                      max_stage=max_stage, start_stage=start_stage, mix_prob=mix_prob, seed=seed, device=device,
+                      eval_every=eval_every, eval_examples=eval_examples, test_examples=test_examples)
+    target = out or default_out(cfg)
+    # The command as given (options typed on the command line), also when called as main(argv).
+    given = [(name, value) for name, value in ctx.params.items() if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+    argv = ["latentcot", "train", *(arg for name, value in given for arg in
+                                    ([f"--{name.replace('_', '-')}"] + ([] if isinstance(value, bool) else [str(value)])))]
+    card = train_model(cfg, target, resume=resume, argv=argv)
+    typer.echo(f"{target}: test accuracy {card['test_accuracy']:.1%} on {card['test_examples']} examples")
+
+
 @app.command("models", epilog="Example:\n\n  latentcot models\n\n  latentcot run --model builtin:NAME --task addition --gate token")
 def list_models_command() -> None:
     """List the zoo: built-in models and the ones you trained ($LATENTCOT_HOME/models), with their status."""
