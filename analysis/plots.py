@@ -104,16 +104,17 @@ def _threshold_grid(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     return sorted(table["unit"].unique()), sorted(table["domain"].unique())
 
 
-def _baselines(ax: Axes, settings: pd.DataFrame, domain: str, latents: set) -> None:
-    """Token-only and latent-only accuracies of a domain as horizontal lines (latent-only only for
-    the latent modes shown in the panel)."""
+def _baselines(ax: Axes, settings: pd.DataFrame, domain: str, latent_colours: dict) -> None:
+    """Token-only (dashed grey) and latent-only (dotted, in the colour of the curve with the same
+    latent mode) accuracies of a domain as horizontal lines; latent-only ones only for the latent
+    modes shown in the panel."""
     rows = settings[(settings["domain"] == domain) & settings["gate"].isin(["token", "latent"])]
     for _, row in rows.iterrows():
-        if row["gate"] == "latent" and row["latent"] not in latents:
+        if row["gate"] == "latent" and row["latent"] not in latent_colours:
             continue
-        style = "--" if row["gate"] == "token" else ":"
-        ax.axhline(row["accuracy"], color=GATE_COLOURS[row["gate"]], linestyle=style, linewidth=1.3,
-                   label=f"{row['setting_id']} (baseline)")
+        colour = GATE_COLOURS["token"] if row["gate"] == "token" else latent_colours[row["latent"]]
+        ax.axhline(row["accuracy"], color=colour, linestyle="--" if row["gate"] == "token" else ":",
+                   linewidth=1.3, label=f"{row['setting_id']} (baseline)")
 
 
 def threshold_figure(table: pd.DataFrame, settings: pd.DataFrame | None = None, value: str = "accuracy",
@@ -134,7 +135,9 @@ def threshold_figure(table: pd.DataFrame, settings: pd.DataFrame | None = None, 
                     plot_series(ax, series["threshold"], series[value], series[lo], series[hi],
                                 series["enough"], colours[family], family)
                 if value == "accuracy" and settings is not None:
-                    _baselines(ax, settings, domain, set(part["latent"]))
+                    first_family = part.drop_duplicates("latent")
+                    _baselines(ax, settings, domain,
+                               {lat: colours[fam] for lat, fam in zip(first_family["latent"], first_family["family"])})
                 ax.set(xlabel=f"threshold τ ({unit})", ylabel=ylabel, title=domain)
                 ax.set_ylim(-0.03, 1.03)
                 if ax.get_legend_handles_labels()[0]:

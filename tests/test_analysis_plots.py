@@ -58,6 +58,7 @@ def test_accuracy_vs_threshold_has_a_panel_per_domain_with_baselines(sweep):
         curve, token, latent = ax.get_lines()
         np.testing.assert_allclose(curve.get_xdata(), [0.0, 1.0, 2.0])
         assert np.all(np.asarray(token.get_ydata()) == 0.5) and np.allclose(latent.get_ydata(), 0.3)
+        assert latent.get_color() == curve.get_color() and latent.get_linestyle() == ":"
         assert len(ax.collections) == 1                  # one Wilson band, no hollow points
     arith = table[table["domain"] == "arithmetic"]["accuracy"].to_numpy()
     np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), arith)
