@@ -25,7 +25,7 @@ from latentcot.errors import InputError
 
 FIGURE_TITLES = {
     "entropy_distribution": "Step entropy by domain",
-    "info_loss_vs_entropy": "Information loss vs entropy (token steps)",
+    "info_loss_vs_entropy": "Information loss vs entropy",
     "accuracy_vs_threshold": "Accuracy vs τ (baselines as horizontal lines)",
     "latent_fraction_vs_threshold": "Latent fraction vs τ",
     "pareto": "Accuracy vs forward passes",
@@ -164,19 +164,23 @@ def report_html(run: Run, tables: AnalysisTables, skipped: list[str], options: A
                 pngs: Mapping[str, bytes]) -> str:
     facts = "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in _run_facts(run)) + "</ul>"
     sections = [("Run", facts)]
+    key_tables = SUMMARY_TABLES[:4]   # the headline numbers first, then figures, then the rest
+    for name in key_tables:
+        if not tables[name].empty:
+            sections.append((TABLE_TITLES[name], html_table(display_frame(tables[name], name))))
     for name, title in FIGURE_TITLES.items():
         if name in pngs:
             data = base64.b64encode(pngs[name]).decode("ascii")
             sections.append((title, f"<figure id=\"fig-{html.escape(name)}\"><img alt=\"{html.escape(title)}\" "
                                     f"src=\"data:image/png;base64,{data}\"></figure>"))
     for name, title in TABLE_TITLES.items():
-        if not tables[name].empty:
+        if name not in key_tables and not tables[name].empty:
             sections.append((title, html_table(display_frame(tables[name], name))))
     steps = run.steps[run.steps["mode"] != "marker"]
     top = float(steps["entropy"].max()) if len(steps) else 1.0
     traces = "".join(trace_html(_trace_title(r), r["completion"], _record_steps(run.steps, r), top)
                      for _, r in pick_traces(run.samples).iterrows())
-    sections.append(("Example traces", "<p class=\"note\">cell colour: entropy (white 0 → red "
+    sections.append(("Example traces, step by step", "<p class=\"note\">cell colour: entropy (white 0 → red "
                      f"{top:.3g} nats); hover a cell for its numbers</p>" + traces))
     sections.append(("Methods", f"<p>{html.escape(METHODS.format(m=options.min_points, k=options.folds))}</p>"))
     sections.append(("Skipped", "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped or ["nothing"])
