@@ -118,7 +118,7 @@ def build_figures(run: Run, tables: AnalysisTables, options: AnalysisOptions) ->
     return figures, skipped
 
 
-def _render(fig: Figure) -> tuple[bytes, bytes]:
+def render_figure(fig: Figure) -> tuple[bytes, bytes]:
     png, svg = io.BytesIO(), io.BytesIO()
     with house_style():
         fig.savefig(png, format="png", dpi=110)
@@ -199,7 +199,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir is not None else run.path / "report"
     tables = compute_tables(run.samples, run.steps, options)
     figures, figure_skips = build_figures(run, tables, options)
-    rendered = {name: _render(fig) for name, fig in figures.items()}
+    rendered = {name: render_figure(fig) for name, fig in figures.items()}
     skipped = [*tables.skipped, *figure_skips]
     csvs = {name: frame.to_csv(index=False) for name, frame in tables.items()}
     files = [f"{n}.csv" for n in csvs] + [f"{n}.{ext}" for n in rendered for ext in ("png", "svg")]

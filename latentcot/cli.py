@@ -190,6 +190,22 @@ def sweep(
     _execute(common, settings)
 
 
+@app.command(epilog="Examples:\n\n  latentcot analyze runs/grid\n\n  latentcot analyze runs/grid --out reports/grid")
+def analyze(
+    run_dir: Path = typer.Argument(..., help="A run directory (with samples.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default RUN_DIR/report)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap confidence intervals."),
+) -> None:
+    """Tables, figures, summary.md and a self-contained report.html for a run; prints the headline table."""
+    from analysis import AnalysisOptions, write_report
+
+    result = write_report(run_dir, out, AnalysisOptions(seed=seed))
+    typer.echo(result.headline)
+    for note in result.skipped:
+        typer.echo(f"skipped: {note}")
+    typer.echo(f"report: {result.html}")
+
+
 @app.command("tasks", epilog="Example:\n\n  latentcot tasks\n\n  latentcot run --model M --task addition:n=8,digits=3 --task prosqa:hops=4")
 def list_tasks_command() -> None:
     """List the registered tasks with their domain and a one-line description."""

@@ -1,6 +1,6 @@
 """Analysis speed against the 10 s budget for a run of 100,000 step rows.
 
-    python benchmarks/analysis.py [--steps 100000] [--repeats 3] [--plots]
+    python benchmarks/analyze.py [--steps 100000] [--repeats 3] [--plots]
 
 Writes a synthetic run directory to a temporary folder (3 domains; token and latent baselines and
 ten entropy thresholds; 32 steps per record; counterfactual measurements and logit-lens tokens
@@ -14,20 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# this script is named like the package it measures: keep its own folder off the import path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from analysis.load import load_run  # noqa: E402
-from analysis.report import _render, build_figures  # noqa: E402
-from analysis.stats import AnalysisOptions  # noqa: E402
-from analysis.tables import compute_tables  # noqa: E402
+from analysis.load import load_run
+from analysis.report import build_figures, render_figure
+from analysis.stats import AnalysisOptions
+from analysis.tables import compute_tables
 
 BUDGET_S = 10.0
 DOMAINS = ("arithmetic", "logic", "planning")
@@ -98,7 +94,7 @@ def main() -> None:
                 start = time.perf_counter()
                 figures, _ = build_figures(run, tables, options)
                 for fig in figures.values():
-                    _render(fig)
+                    render_figure(fig)
                 plot_best = min(plot_best, time.perf_counter() - start)
     print(f"load + all tables, {rows:,} step rows ({len(run.samples):,} records): {best:.2f} s "
           f"= {best / BUDGET_S:.2f} of the {BUDGET_S:g} s budget")
