@@ -200,11 +200,13 @@ def accuracy_entropy_figure(table: pd.DataFrame, settings: Sequence[str] | None 
     return fig
 
 
-def threshold_in_nats(threshold, unit: str) -> float | None:
+def threshold_in_nats(threshold, unit: str, vocab_size: int | None = None) -> float | None:
     """τ on the nats axis of a trace; None where it cannot be placed (normalized units need the
-    vocabulary size, which a run does not record)."""
+    vocabulary size, which the manifest's model identity records)."""
     if threshold is None or (isinstance(threshold, float) and math.isnan(threshold)):
         return None
+    if unit == "normalized":
+        return float(threshold) * math.log(vocab_size) if vocab_size and vocab_size > 1 else None
     return {"nats": float(threshold), "bits": float(threshold) * math.log(2)}.get(unit)
 
 

@@ -112,7 +112,9 @@ def build_figures(run: Run, tables: AnalysisTables, options: AnalysisOptions) ->
     figures["pareto"] = pareto_figure(tables["pareto"], m)
     figures["accuracy_vs_entropy"] = accuracy_entropy_figure(tables["accuracy_vs_entropy"],
                                                              _accuracy_entropy_settings(tables), m)
-    traces = [(_trace_title(r), _record_steps(run.steps, r), threshold_in_nats(r.get("threshold"), r.get("unit")))
+    vocab_size = run.manifest.get("model", {}).get("vocab_size")
+    traces = [(_trace_title(r), _record_steps(run.steps, r),
+               threshold_in_nats(r.get("threshold"), r.get("unit"), vocab_size))
               for _, r in pick_traces(run.samples).iterrows()]
     figures["step_traces"] = step_trace_figure(traces)
     return figures, skipped

@@ -127,6 +127,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         "model_type": config.model_type,
         "config_sha256": _config_hash(source, is_local, config),
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": model.get_output_embeddings().weight.shape[0],  # V of normalized entropy (H / log V)
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
     }

@@ -153,7 +153,8 @@ def test_step_trace_marks_latent_steps_and_the_threshold():
     assert np.all(np.asarray(tau.get_ydata()) == 1.0)
 
 
-def test_threshold_in_nats_converts_bits_and_refuses_normalized():
+def test_threshold_in_nats_converts_bits_and_normalized():
     assert threshold_in_nats(1.0, "nats") == 1.0
     assert threshold_in_nats(1.0, "bits") == pytest.approx(np.log(2))
+    assert threshold_in_nats(0.3, "normalized", vocab_size=1000) == pytest.approx(0.3 * np.log(1000))
     assert threshold_in_nats(0.3, "normalized") is None and threshold_in_nats(None, "nats") is None
