@@ -16,6 +16,7 @@ def test_load_saved_model_roundtrip(saved_model, models):
     loaded = load_model(ModelConfig(str(saved_model), device="cpu"))
     assert loaded.tokenizer.padding_side == "left"
     assert loaded.identity["model_type"] == "llama" and len(loaded.identity["config_sha256"]) == 16
+    assert loaded.identity["vocab_size"] == loaded.model.config.vocab_size == len(loaded.tokenizer)
     ids = torch.tensor([[5, 6, 7]])
     torch.testing.assert_close(loaded.model(ids).logits, models["llama"](ids).logits)
 
