@@ -206,6 +206,48 @@ def analyze(
     typer.echo(f"report: {result.html}")
 
 
+DEMO_EXAMPLES = """
+Examples:
+
+  latentcot demo
+
+  latentcot demo --out runs/demo --limit 200
+"""
+
+
+@app.command(epilog=DEMO_EXAMPLES)
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Demo directory, one run per model (default runs/demo-<date>-<time>)."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, help="Test examples per model."),
+    batch_size: int = typer.Option(50, min=1, help="Examples decoded together."),
+    max_new_tokens: int = typer.Option(160, min=1, help="Generated positions per example."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo directory."),
+) -> None:
+    """The embedded default: each built-in model on its task, a threshold sweep with both baselines and
+    counterfactual measurements, then the report. Prints the headline tables and the report paths."""
+    from datetime import datetime
+
+    from analysis import write_report
+    from latentcot import demo as demos
+    from latentcot.experiment import execute
+    from latentcot.zoo.registry import list_models
+
+    cfg = demos.DemoConfig(limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device)
+    plans = [(m.name, demos.demo_plan(m, cfg)) for m in demos.demo_models(list_models())]
+    root = out if out is not None else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
+    reports = []
+    for name, plan in plans:
+        typer.echo(f"== builtin:{name} on {plan.tasks[0]}")
+        run_dir = execute(plan, root / name, resume=resume, argv=sys.argv, echo=lambda _: None)
+        reports.append((name, write_report(run_dir)))
+    for name, report in reports:
+        typer.echo(f"\n== builtin:{name}\n{report.headline}")
+    typer.echo("")
+    for name, report in reports:
+        typer.echo(f"report ({name}): {report.html}")
+
+
 @app.command("tasks", epilog="Example:\n\n  latentcot tasks\n\n  latentcot run --model M --task addition:n=8,digits=3 --task prosqa:hops=4")
 def list_tasks_command() -> None:
     """List the registered tasks with their domain and a one-line description."""

@@ -1,0 +1,55 @@
+"""The embedded default experiment: every built-in model on the task it was trained for.
+
+Per model, one run: the threshold sweep (token-only and latent-only baselines included) with the
+latent mode that suits the model — ``soft`` for a model that never saw latents, its own trained
+latent (and thought markers) for a COCONUT model, plus the decoding it was trained for (the
+``fixed`` gate) — with counterfactual measurements, so the report has every analysis to show.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
+from latentcot.errors import InputError
+from latentcot.experiment import Plan, Setting
+from latentcot.grid import sweep_settings
+from latentcot.zoo.registry import ZooModel
+
+# Trained small models are confident: most steps have H < 0.5 nats, so the grid is geometric.
+DEFAULT_THRESHOLDS = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    limit: int = 100                    # test examples per model
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    max_new_tokens: int = 160           # room for a char-level chain of thought, markers and latents
+    batch_size: int = 50
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.limit < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise InputError("demo limit, batch size and max new tokens must be >= 1")
+
+
+def demo_models(models: list[ZooModel]) -> list[ZooModel]:
+    """The built-in models that can take part: complete, and with a card naming their task."""
+    chosen = [m for m in models if m.origin == "built-in" and not m.missing and m.card.get("task")]
+    if not chosen:
+        raise InputError("no built-in model is available for the demo (`latentcot models` lists the zoo)")
+    return chosen
+
+
+def demo_plan(model: ZooModel, cfg: DemoConfig) -> Plan:
+    trained = model.card.get("decode") or {"gate": "token"}
+    markers = tuple(trained["markers"]) if trained.get("markers") else None
+    decode = DecodeConfig(max_new_tokens=cfg.max_new_tokens, markers=markers)
+    latent = LatentConfig(trained.get("latent", "soft"))
+    settings = list(sweep_settings(cfg.thresholds, [latent], decode))
+    if trained.get("gate") == "fixed":  # how a COCONUT model was trained to think
+        settings.append(Setting(GateConfig("fixed", k=int(trained["k"])), latent, decode))
+    return Plan(model=ModelConfig(f"builtin:{model.name}", device=cfg.device), tasks=(model.card["task"],),
+                settings=tuple(settings), split="test", limit=cfg.limit, batch_size=cfg.batch_size,
+                seed=cfg.seed, measure=("counterfactual",))
+
