@@ -194,7 +194,8 @@ class Engine:
         measured = None
         if "counterfactual" in measure:
             measured = StepMeasurements(self.table, self.model.get_output_embeddings())
-            cache.activate_past_recording()  # sliding-window layers can then roll a probe back too
+            if hasattr(cache, "activate_past_recording"):  # sliding-window layers can then roll a probe back
+                cache.activate_past_recording()
         with _capture_final_hidden(self.model) as box:
             logits, hidden = self._forward(cache, prompt_mask, positions, box, input_ids=ids)
             for t in range(cfg.max_new_tokens):
