@@ -135,6 +135,7 @@ def test_coconut_model_decodes_k_latents_between_markers(cot_model, tmp_path):
                       mix_prob=0.5, **TINY)
     card = train(cfg, out, progress=False)
     assert card["decode"] == {"gate": "fixed", "k": 4, "latent": "hidden", "markers": ["<bot>", "<eot>"]}
+    assert card["config"]["hidden"] == 32 and card["config"]["max_stage"] == 2  # the init's shape, the resolved stage
     assert [json.loads(x)["stage"] for x in (out / LOG).read_text().splitlines()] == [1, 2]
     loaded = load_model(ModelConfig(str(out), device="cpu"))
     task = load_task(TASK, str(out / "prompt.json"))

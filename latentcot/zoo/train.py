@@ -39,6 +39,7 @@ from latentcot.zoo.tokenizer import task_tokenizer
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
+SHAPE_FIELDS = ("arch", "hidden", "layers", "heads")
 DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout")
 
 
@@ -130,6 +131,13 @@ def _new_model(cfg: TrainConfig, tokenizer):
     return model
 
 
+def _shape_of(config) -> dict:
+    """TrainConfig's shape fields read back from an HF config (gpt2 and llama-style names)."""
+    get = lambda *names: next(getattr(config, n) for n in names if hasattr(config, n))  # noqa: E731
+    return {"arch": config.model_type, "hidden": get("hidden_size", "n_embd"),
+            "layers": get("num_hidden_layers", "n_layer"), "heads": get("num_attention_heads", "n_head")}
+
+
 def _prepare(cfg: TrainConfig, out: Path, resume: bool):
     """(model, tokenizer, task) ready to train; writes prompt + tokenizer on a fresh start."""
     if not resume:
@@ -196,7 +204,8 @@ def _check_out(cfg: TrainConfig, out: Path, resume: bool) -> TrainConfig:
     if not (out / CHECKPOINT).is_file():
         raise InputError(f"nothing to resume: {out / CHECKPOINT} does not exist")
     saved = TrainConfig(**torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")["config"])
-    differ = [f.name for f in dataclasses.fields(cfg) if f.name not in ("steps", "device", "max_stage")
+    free = ("steps", "device", "max_stage") + (SHAPE_FIELDS if cfg.init else ())  # with init the shape is the init's
+    differ = [f.name for f in dataclasses.fields(cfg) if f.name not in free
               and getattr(cfg, f.name) != getattr(saved, f.name)]
     if differ:
         raise InputError(f"--resume with settings that differ from the saved run: {', '.join(differ)}")
@@ -211,6 +220,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
     cfg = _check_out(cfg, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer, task = _prepare(cfg, out, resume)
+    if cfg.init is not None:  # record the shape actually trained, not the ignored defaults
+        cfg = dataclasses.replace(cfg, **_shape_of(model.config))
     if cfg.method == "coconut" and cfg.max_stage is None:
         steps_per_example = len(task.examples("train", 1, cfg.seed)[0].steps)
         cfg = dataclasses.replace(cfg, max_stage=max(1, steps_per_example))
