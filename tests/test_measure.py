@@ -124,3 +124,20 @@ def test_run_with_measurements_records_them(tmp_path, saved_model):
         assert all(len(row["steps"][k]) == row["n_steps"] for k in MEASURED)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["measure"] == ["counterfactual"]
+
+
+def test_probe_rolls_back_sliding_window_caches(tokenizer):
+    """Past the window, a sliding-window layer keeps only recent states; the probe must still leave no trace."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("mistral", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                  sliding_window=4, initializer_range=0.2, pad_token_id=0, bos_token_id=2,
+                                  eos_token_id=3)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    gate, latent = GateConfig("entropy", threshold=3.4), LatentConfig("soft")
+    plain = generate(model, tokenizer, gate, latent)
+    probed = generate(model, tokenizer, gate, latent, measure=("counterfactual",))
+    assert [core(t) for t in plain] == [core(t) for t in probed]
+    assert any(kl is not None and kl > 0 for t in probed for kl in t.extra["kl_counterfactual"])
