@@ -224,8 +224,7 @@ def demo(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo directory."),
 ) -> None:
-    """The embedded default: each built-in model on its task, a threshold sweep with both baselines and
-    counterfactual measurements, then the report. Prints the headline tables and the report paths."""
+    """The embedded default: built-in models on their tasks, threshold sweeps, measurements, report."""
     from datetime import datetime
 
     from analysis import write_report
