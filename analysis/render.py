@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -95,15 +95,19 @@ def entropy_colour(entropy: float, top: float) -> str:
     return f"rgb(255,{g},{g})"
 
 
-def trace_html(title: str, completion: str, steps: pd.DataFrame, top_entropy: float) -> str:
-    """One record's steps as cells: background = entropy, label = mode and token id; latent steps
-    show their logit-lens top tokens when the run measured them."""
+def trace_html(title: str, completion: str, steps: pd.DataFrame, top_entropy: float,
+               token_text: Callable[[int], str] | None = None) -> str:
+    """One record's steps as cells: background = entropy, label = the token's text (its id when no
+    tokenizer is at hand) or the mode; latent steps show their logit-lens top tokens when measured."""
     has_lens = "lens_top" in steps.columns
     cells = []
     for row in steps.itertuples(index=False):
         mode, entropy = str(row.mode), float(row.entropy) if row.entropy is not None else float("nan")
         tip = f"step {row.step} · {mode} · H={entropy:.3g} nats · p={format_value(row.p_token)} · id {row.token_id}"
-        label = f"#{row.token_id}" if mode == "token" else ("⟨latent⟩" if mode == "latent" else "⟨marker⟩")
+        if mode == "token":
+            label = repr(token_text(row.token_id))[1:-1] if token_text else f"#{row.token_id}"
+        else:
+            label = "⟨latent⟩" if mode == "latent" else "⟨marker⟩"
         lens = getattr(row, "lens_top", None) if has_lens else None
         lens_html = ""
         if mode == "latent" and isinstance(lens, (list, tuple)) and lens:

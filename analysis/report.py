@@ -10,7 +10,7 @@ import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -162,8 +162,23 @@ def summary_markdown(run: Run, tables: AnalysisTables, skipped: list[str], optio
     return "\n".join(parts)
 
 
+def token_decoder(manifest: Mapping) -> Callable[[int], str] | None:
+    """Token text for the step traces, from the run's own tokenizer when this machine has it
+    (local files only: a report never downloads); None otherwise, and traces show token ids."""
+    source = (manifest.get("model") or {}).get("source")
+    if not source:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except Exception:  # any failure only means the traces fall back to token ids
+        return None
+    return lambda token_id: tokenizer.decode([int(token_id)])
+
+
 def report_html(run: Run, tables: AnalysisTables, skipped: list[str], options: AnalysisOptions,
-                pngs: Mapping[str, bytes]) -> str:
+                pngs: Mapping[str, bytes], token_text: Callable[[int], str] | None = None) -> str:
     facts = "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in _run_facts(run)) + "</ul>"
     sections = [("Run", facts)]
     key_tables = SUMMARY_TABLES[:4]   # the headline numbers first, then figures, then the rest
@@ -180,7 +195,7 @@ def report_html(run: Run, tables: AnalysisTables, skipped: list[str], options: A
             sections.append((title, html_table(display_frame(tables[name], name))))
     steps = run.steps[run.steps["mode"] != "marker"]
     top = float(steps["entropy"].max()) if len(steps) else 1.0
-    traces = "".join(trace_html(_trace_title(r), r["completion"], _record_steps(run.steps, r), top)
+    traces = "".join(trace_html(_trace_title(r), r["completion"], _record_steps(run.steps, r), top, token_text)
                      for _, r in pick_traces(run.samples).iterrows())
     sections.append(("Example traces, step by step", "<p class=\"note\">cell colour: entropy (white 0 → red "
                      f"{top:.3g} nats); hover a cell for its numbers</p>" + traces))
@@ -206,7 +221,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
     csvs = {name: frame.to_csv(index=False) for name, frame in tables.items()}
     files = [f"{n}.csv" for n in csvs] + [f"{n}.{ext}" for n in rendered for ext in ("png", "svg")]
     summary = summary_markdown(run, tables, skipped, options, ["report.html", *files])
-    page = report_html(run, tables, skipped, options, {n: png for n, (png, _) in rendered.items()})
+    page = report_html(run, tables, skipped, options, {n: png for n, (png, _) in rendered.items()},
+                       token_decoder(run.manifest))
 
     out.mkdir(parents=True, exist_ok=True)
     table_paths = {}

@@ -1,5 +1,6 @@
 """analysis.report.write_report on constructed runs and on a real one."""
 import base64
+import re
 import html
 from html.parser import HTMLParser
 
@@ -168,3 +169,7 @@ def test_report_on_a_real_single_setting_run(saved_model, tmp_path):
     assert len(settings) == 1 and settings.loc[0, "n"] == 4
     page = parse(result.html)
     assert len(page.images) == len(result.figures) >= 5
+    # the run's own tokenizer is on this machine, so token steps are shown as text, not ids
+    html_text = result.html.read_text()
+    token_cells = re.findall(r'class="step token"[^>]*>([^<]*)<', html_text)
+    assert token_cells and not any(re.fullmatch(r"#\d+", c) for c in token_cells)
