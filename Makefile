@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test bench clean
+.PHONY: install test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: install
 	$(PY) -m pytest
+
+demo: install
+	$(PY) -m latentcot demo
 
 bench: install
 	$(PY) benchmarks/engine.py
