@@ -282,6 +282,7 @@ def train(
     heads: int = typer.Option(4, help="Attention heads."),
     lr: float = typer.Option(3e-3, help="Peak learning rate (AdamW)."),
     warmup: int = typer.Option(100, help="Linear warm-up steps (per coconut stage)."),
+    decay: str = typer.Option("none", help="Learning rate after warm-up: none (constant) | cosine (to 10 % at the end)."),
     batch_size: int = typer.Option(64, help="Examples per step (fresh from the train split each step)."),
     c: int = typer.Option(1, "--c", help="coconut: latent thoughts per replaced step."),
     max_stage: Optional[int] = typer.Option(None, help="coconut: last stage, all steps latent (default: the task's step count)."),
@@ -299,7 +300,7 @@ def train(
     from latentcot.zoo.train import train as train_model
 
     cfg = TrainConfig(task=task, method=method, init=str(init) if init else None, arch=arch, hidden=hidden,
-                      layers=layers, heads=heads, lr=lr, warmup=warmup, batch_size=batch_size, steps=steps, c=c,
+                      layers=layers, heads=heads, lr=lr, warmup=warmup, decay=decay, batch_size=batch_size, steps=steps, c=c,
                       max_stage=max_stage, start_stage=start_stage, mix_prob=mix_prob, seed=seed, device=device,
                       eval_every=eval_every, eval_examples=eval_examples, test_examples=test_examples)
     target = out or default_out(cfg)

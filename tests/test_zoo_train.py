@@ -162,3 +162,17 @@ def test_bad_input_is_an_input_error(tmp_path, cot_model, capsys):
         train(TrainConfig(task=TASK, method="coconut", init=str(tmp_path)), tmp_path / "x", progress=False)
     assert cli("train", "--task", TASK, "--method", "coconut", "--out", tmp_path / "y") == 2
     assert "needs --init" in capsys.readouterr().err
+
+
+def test_cosine_decay_warms_up_then_falls_to_a_tenth():
+    from latentcot.zoo.train import TrainConfig, learning_rate
+
+    cfg = TrainConfig(task="addition", method="cot", lr=1e-3, warmup=10, steps=100, decay="cosine")
+    rates = [learning_rate(cfg, i) for i in range(100)]
+    assert rates[0] == pytest.approx(1e-4)                                     # first warm-up step
+    assert max(rates) == pytest.approx(rates[9]) and all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert rates[-1] == pytest.approx(1e-4, rel=0.05)                          # 10 % at the end
+    constant = TrainConfig(task="addition", method="cot", lr=1e-3, warmup=10, steps=100)
+    assert {learning_rate(constant, i) for i in range(10, 100)} == {1e-3}
+    with pytest.raises(InputError, match="unknown lr decay"):
+        TrainConfig(task="addition", method="cot", decay="linear")

@@ -37,6 +37,7 @@ from latentcot.zoo.registry import user_root
 from latentcot.zoo.tiny import ARCHITECTURES, tiny_config
 from latentcot.zoo.tokenizer import task_tokenizer
 
+LR_DECAYS = ("none", "cosine")
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 SHAPE_FIELDS = ("arch", "hidden", "layers", "heads")
@@ -55,6 +56,7 @@ class TrainConfig:
     dropout: float = 0.0             # synthetic data never repeats, so no regularisation is needed
     lr: float = 3e-3                 # AdamW peak learning rate
     warmup: int = 100                # linear warm-up steps (restarted with each coconut stage)
+    decay: str = "none"              # after warm-up: none (constant) | cosine (to 10 % of lr at the stage's end)
     weight_decay: float = 0.01
     grad_clip: float = 1.0           # max global gradient norm
     batch_size: int = 64
@@ -86,6 +88,7 @@ class TrainConfig:
         check(self.hidden % self.heads == 0, f"hidden {self.hidden} is not divisible by heads {self.heads}")
         check(self.lr > 0 and self.warmup >= 0 and self.weight_decay >= 0 and self.grad_clip > 0,
               "lr and grad_clip must be > 0, warmup and weight_decay >= 0")
+        check(self.decay in LR_DECAYS, f"unknown lr decay {self.decay!r}; valid: {', '.join(LR_DECAYS)}")
         check(0 <= self.dropout < 1 and 0 <= self.mix_prob <= 1, "dropout must be in [0, 1), mix_prob in [0, 1]")
         check(self.max_stage is None or self.max_stage >= 1, "max_stage must be >= 1")
         check(self.start_stage >= 0 and (self.max_stage is None or self.start_stage <= self.max_stage),
@@ -109,6 +112,15 @@ class TrainConfig:
         if self.method != "coconut":
             return {"gate": "token"}
         return {"gate": "fixed", "k": stage * self.c, "latent": "hidden", "markers": list(MARKERS)}
+
+
+def learning_rate(cfg: TrainConfig, within: int) -> float:
+    """The lr at step ``within`` of a stage: linear warm-up, then constant or cosine decay to 10 %."""
+    scale = min(1.0, (within + 1) / max(1, cfg.warmup))
+    if cfg.decay == "cosine":
+        progress = min(1.0, within / max(1, cfg.steps))
+        scale *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * scale
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -243,7 +255,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
         if within == 0 and step > 0 and cfg.reset_optimizer:
             optimizer = _optimizer(cfg, model)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (within + 1) / max(1, cfg.warmup))
+            group["lr"] = learning_rate(cfg, within)
         examples = task.examples("train", cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
         batch = encode(tokenizer, [task.prompt(e) for e in examples], examples,
                        cfg.layout(_batch_stage(cfg, step, stage))).to(cfg.device)
