@@ -1,0 +1,42 @@
+"""The shipped zoo models: complete, loadable, and as accurate on held-out problems as their cards say."""
+from __future__ import annotations
+
+import pytest
+
+from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
+from latentcot.engine import Engine
+from latentcot.gates import make_gate
+from latentcot.latent import make_latent
+from latentcot.model import load_model
+from latentcot.tasks import load_task
+from latentcot.zoo.registry import list_models
+
+BUILTIN = {m.name: m for m in list_models() if m.origin == "built-in"}
+N = 100  # a reduced test set: enough to tell 99 % from 90 %, fast on a CPU
+
+
+def accuracy(model, n: int = N) -> float:
+    loaded = load_model(ModelConfig(f"builtin:{model.name}", device="cpu"))
+    task = load_task(model.card["task"], str(model.path / "prompt.json"))
+    examples = task.examples("test", n, 0)
+    trained = model.card.get("decode") or {"gate": "token"}
+    gate = GateConfig("fixed", k=trained["k"]) if trained["gate"] == "fixed" else GateConfig("token")
+    markers = tuple(trained["markers"]) if trained.get("markers") else None
+    traces = Engine(loaded.model, loaded.tokenizer).generate(
+        [task.prompt(e) for e in examples], make_gate(gate), make_latent(LatentConfig(trained.get("latent", "hidden"))),
+        DecodeConfig(max_new_tokens=96, markers=markers, stop=task.stop))
+    return sum(task.score(e, task.extract(t.completion).prediction) for e, t in zip(examples, traces)) / n
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_builtin_model_is_complete_and_matches_its_card(name):
+    model = BUILTIN[name]
+    assert model.missing == [] and {"task", "method", "test_accuracy", "train_command"} <= model.card.keys()
+    measured = accuracy(model)
+    assert abs(measured - model.card["test_accuracy"]) < 0.08, (measured, model.card["test_accuracy"])
+
+
+def test_the_cot_model_solves_its_task():
+    cot = [m for m in BUILTIN.values() if m.card.get("method") == "cot"]
+    assert cot, "no built-in CoT model"
+    assert all(m.card["test_accuracy"] >= 0.9 and accuracy(m) >= 0.9 for m in cot)
