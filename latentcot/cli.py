@@ -5,7 +5,7 @@ import functools
 import inspect
 import sys
 import typing
-from dataclasses import dataclass
+from dataclasses import make_dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -38,35 +38,6 @@ Examples:
 """
 
 
-@dataclass(frozen=True)
-class CommonOptions:
-    """The options every decoding command takes (filled in by ``decoding_options``)."""
-
-    model: str
-    task: list[str]
-    out: Optional[Path]
-    limit: Optional[int]
-    split: str
-    unit: str
-    latent_temperature: float
-    latent_top_k: int
-    markers: Optional[str]
-    temperature: float
-    top_p: float
-    top_k: int
-    max_new_tokens: int
-    stop: list[str]
-    batch_size: int
-    seed: int
-    resume: bool
-    measure: list[str]
-    prompt: Optional[Path]
-    tokenizer: Optional[str]
-    device: str
-    dtype: str
-    trust_remote_code: bool
-
-
 _COMMON = {
     "model": (str, typer.Option(..., "--model", "-m", help="HF hub id, local save_pretrained directory, or builtin:NAME.")),
     "task": (List[str], typer.Option(..., "--task", "-t", help="Registered task (name or name:key=value,...) or a .json/.jsonl file; repeat for several.")),
@@ -93,6 +64,10 @@ _COMMON = {
     "dtype": (str, typer.Option("auto", help="auto | float32 | bfloat16 | float16.")),
     "trust_remote_code": (bool, typer.Option(False, help="Allow code shipped with a hub checkpoint to run.")),
 }
+
+# The options every decoding command takes, as one frozen object (filled in by ``decoding_options``);
+# its fields are _COMMON's names and types, so the two cannot drift apart.
+CommonOptions = make_dataclass("CommonOptions", [(name, kind) for name, (kind, _) in _COMMON.items()], frozen=True)
 
 
 def decoding_options(command: Callable) -> Callable:
