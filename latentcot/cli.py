@@ -63,6 +63,10 @@ _COMMON = {
     "device": (str, typer.Option("auto", help="auto | cpu | cuda | cuda:N.")),
     "dtype": (str, typer.Option("auto", help="auto | float32 | bfloat16 | float16.")),
     "trust_remote_code": (bool, typer.Option(False, help="Allow code shipped with a hub checkpoint to run.")),
+    "loops": (Optional[int], typer.Option(None, "--loops", min=1, help="Looped models: iterations of the shared block per token (with --exit: the most).")),
+    "exit": (Optional[str], typer.Option(None, "--exit", help="Looped models: adaptive exit per token, kl:5e-4 | entropy:1e-3 | argmax:M (stable for M iterations).")),
+    "repeat_layers": (Optional[str], typer.Option(None, "--repeat-layers", help="Experimental, any model: apply layers START:END (END exclusive) --repeats times.")),
+    "repeats": (int, typer.Option(2, "--repeats", min=1, help="With --repeat-layers: how many times the range is applied.")),
 }
 
 # The options every decoding command takes, as one frozen object (filled in by ``decoding_options``);
@@ -99,8 +103,12 @@ def _execute(common: CommonOptions, settings) -> None:
     from latentcot.config import ModelConfig
 
     hf_logging.disable_progress_bar()  # the run has its own progress bar; keep stderr readable
+    from latentcot.repeat import parse_range
+
     model_cfg = ModelConfig(common.model, tokenizer=common.tokenizer, dtype=common.dtype, device=common.device,
-                            trust_remote_code=common.trust_remote_code)
+                            trust_remote_code=common.trust_remote_code,
+                            repeat_layers=parse_range(common.repeat_layers) if common.repeat_layers else None,
+                            repeats=common.repeats if common.repeat_layers else 1)
     plan = experiment.Plan(model=model_cfg, tasks=tuple(common.task), settings=tuple(settings), split=common.split,
                            limit=common.limit, batch_size=common.batch_size, seed=common.seed,
                            prompt_file=str(common.prompt) if common.prompt else None,
@@ -111,9 +119,13 @@ def _execute(common: CommonOptions, settings) -> None:
 def _decode_config(common: CommonOptions):
     from latentcot.config import DecodeConfig
 
+    from latentcot.looping import LoopConfig, parse_exit
+
     markers = tuple(common.markers.split(",")) if common.markers else None
+    loop = parse_exit(common.exit, common.loops) if common.exit else (
+        LoopConfig(loops=common.loops) if common.loops is not None else None)
     return DecodeConfig(common.max_new_tokens, common.temperature, common.top_p, common.top_k,
-                        tuple(common.stop), markers)
+                        tuple(common.stop), markers, loop=loop)
 
 
 def _latent_config(common: CommonOptions, kind: str):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
 from latentcot.errors import InputError
+from latentcot.looping import LoopConfig
 
 GATES = ("token", "latent", "entropy", "fixed")
 UNITS = ("nats", "bits", "normalized")
@@ -43,9 +44,16 @@ class ModelConfig:
     device: str = "auto"             # auto = cuda when available, else cpu
     trust_remote_code: bool = False  # run code shipped with a checkpoint only when asked to
     revision: str | None = None      # hub revision (branch, tag or commit)
+    repeat_layers: tuple[int, int] | None = None  # experimental: apply layers [start, end) `repeats` times
+    repeats: int = 1
 
     def __post_init__(self):
         _check(bool(self.model.strip()), "model must not be empty")
+        _check(isinstance(self.repeats, int) and self.repeats >= 1, f"repeats must be an integer >= 1, got {self.repeats!r}")
+        if self.repeat_layers is not None:
+            _check(len(self.repeat_layers) == 2 and all(isinstance(i, int) for i in self.repeat_layers),
+                   f"repeat_layers must be (start, end), got {self.repeat_layers!r}")
+            object.__setattr__(self, "repeat_layers", tuple(self.repeat_layers))
         _choice(self.dtype, DTYPES, "dtype")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
@@ -60,6 +68,7 @@ class DecodeConfig:
     stop: tuple[str, ...] = ()      # a row finishes once its token text contains one of these
     markers: tuple[str, str] | None = None  # (begin, end) thought tokens fed around latent segments
     ignore_eos: bool = False        # keep generating past EOS (fixed-length benchmarks)
+    loop: LoopConfig | None = None  # looped models: loops per token and adaptive exit (None = as trained)
 
     def __post_init__(self):
         _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
@@ -72,6 +81,9 @@ class DecodeConfig:
         _check(self.markers is None or (len(self.markers) == 2 and all(self.markers)),
                "markers must be two non-empty token strings (begin, end)")
         object.__setattr__(self, "stop", tuple(self.stop))
+        if isinstance(self.loop, Mapping):
+            object.__setattr__(self, "loop", from_dict(LoopConfig, self.loop))
+        _check(self.loop is None or isinstance(self.loop, LoopConfig), "loop must be a LoopConfig")
         if self.markers is not None:
             object.__setattr__(self, "markers", tuple(self.markers))
 
@@ -155,6 +167,7 @@ def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
         "max_new_tokens": decode.max_new_tokens, "stop": list(decode.stop),
         "markers": list(decode.markers) if decode.markers else None,
         "threshold_map": dict(gate.threshold_map) if gate.threshold_map else None,
+        **({"loop": decode.loop.as_dict()} if decode.loop is not None else {}),  # absent = as before
     }
 
 
@@ -179,4 +192,6 @@ def setting_id(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
         parts.append(f"lt{latent.temperature:g}" + (f"k{latent.top_k}" if latent.kind == "topk-soft" else ""))
     if decode.temperature > 0:
         parts.append(f"T{decode.temperature:g}p{decode.top_p:g}k{decode.top_k}")
+    if decode.loop is not None:
+        parts.append(decode.loop.tag())
     return "-".join(parts)

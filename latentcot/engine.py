@@ -22,6 +22,7 @@ from latentcot.latent import LatentMode
 from latentcot.measure import StepMeasurements
 from latentcot.sampling import choose_tokens, distribution_stats, make_generators, row_seed
 from latentcot.types import LATENT, LATENT_TEXT, MARKER, TOKEN, EmbeddingTable, StepView, Trace
+from latentcot.zoo.looped import is_looped
 
 MODES = (TOKEN, LATENT, MARKER)  # codes 0, 1, 2 in the per-step mode tensor
 CORE_FIELDS = ("mode", "token_id", "entropy", "p_token", "p_max")
@@ -39,6 +40,7 @@ class _Steps:
     p_token: list[torch.Tensor] = field(default_factory=list)   # each (B,) fp32
     p_max: list[torch.Tensor] = field(default_factory=list)     # each (B,) fp32
     active: list[torch.Tensor] = field(default_factory=list)    # each (B,) bool: row generating at this step
+    loops: list[torch.Tensor] = field(default_factory=list)     # each (B,) long: looped models' iterations
 
     def record(self, is_latent, is_marker, token_id, entropy, probs, argmax, active) -> None:
         self.latent.append(is_latent)
@@ -52,8 +54,9 @@ class _Steps:
     def per_row(self) -> dict[str, list[list]]:
         """(T, B) per field -> per row python lists, one device sync for everything."""
         mode = torch.stack(self.latent, dim=1).long() + 2 * torch.stack(self.marker, dim=1).long()  # MODES index
+        names = ("token_id", "entropy", "p_token", "p_max", "active") + (("loops",) if self.loops else ())
         return {"mode": mode.cpu().tolist(), **{name: torch.stack(getattr(self, name), dim=1).cpu().tolist()
-                                                for name in ("token_id", "entropy", "p_token", "p_max", "active")}}
+                                                for name in names}}
 
 
 @dataclass
@@ -150,6 +153,11 @@ class Engine:
             raise InputError(f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the "
                              f"model's context of {self.context} positions", where=where)
 
+    def check_loop(self, cfg: DecodeConfig) -> None:
+        """Raise InputError when loop settings are asked of a model that does not loop."""
+        if cfg.loop is not None and not is_looped(self.model):
+            raise InputError(f"--loops/--exit need a looped model; this is a {self.model.config.model_type} model")
+
     def _marker_ids(self, cfg: DecodeConfig) -> tuple[int, int] | None:
         if cfg.markers is None:
             return None
@@ -163,9 +171,12 @@ class Engine:
 
     def _forward(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
                  box: dict, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward; returns fp32 logits (B, V) and the final hidden state (B, D) of the last position."""
+        """One forward; returns fp32 logits (B, V) and the final hidden state (B, D) of the last position.
+        A looped model also reports the iterations it applied; box["loops"] keeps them, (B,)."""
         out = self.model(**inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
+        loops = getattr(out, "loops", None)
+        box["loops"] = loops[:, -1] if loops is not None else None
         return out.logits[:, -1].float(), box["hidden"][:, -1]
 
     @torch.inference_mode()
@@ -173,10 +184,12 @@ class Engine:
                  seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]:
         """One Trace per prompt. ``seed``: one run seed (rows get derived seeds) or one seed per row.
         ``measure``: extra per-step measurements, e.g. ("counterfactual",) (see latentcot.measure)."""
+        self.check_loop(cfg)
         batch = len(prompts)
         seeds = [row_seed(seed, i) for i in range(batch)] if isinstance(seed, int) else list(seed)
         generators = None if cfg.greedy else make_generators(seeds, self.device)
         markers = self._marker_ids(cfg)
+        looping = {"looping": cfg.loop} if cfg.loop is not None else {}  # looped models only (check_loop)
 
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
         ids = enc["input_ids"].to(self.device)                          # (B, T)
@@ -197,7 +210,7 @@ class Engine:
             if hasattr(cache, "activate_past_recording"):  # sliding-window layers can then roll a probe back
                 cache.activate_past_recording()
         with _capture_final_hidden(self.model) as box:
-            logits, hidden = self._forward(cache, prompt_mask, positions, box, input_ids=ids)
+            logits, hidden = self._forward(cache, prompt_mask, positions, box, input_ids=ids, **looping)
             for t in range(cfg.max_new_tokens):
                 probs, entropy = distribution_stats(logits)             # (B, V), (B,)
                 view = rows.view(t, logits, entropy, hidden)
@@ -210,6 +223,8 @@ class Engine:
                     vector = latent(view, self.table)                   # (B, D)
                     x = torch.where(is_latent[:, None], vector, x)
                 steps.record(is_latent, is_marker, recorded, entropy, probs, argmax, rows.active)
+                if box["loops"] is not None:  # the depth that computed this step's distribution
+                    steps.loops.append(box["loops"])
                 if measured:
                     measured.latent_geometry(x, is_latent)
 
@@ -226,10 +241,10 @@ class Engine:
                 probe = None
                 if measured:  # the next step as it would be had the latent been fed; then forget it
                     probe, _ = self._forward(cache, mask[:, : width + t + 1], next_position, box,
-                                             inputs_embeds=vector[:, None])
+                                             inputs_embeds=vector[:, None], **looping)
                     cache.crop(-1)
                 logits, hidden = self._forward(cache, mask[:, : width + t + 1], next_position, box,
-                                               inputs_embeds=x[:, None])
+                                               inputs_embeds=x[:, None], **looping)
                 if measured:
                     measured.counterfactual(probe, logits, is_token)
                 next_position = next_position + 1

@@ -227,6 +227,7 @@ def _check_runnable(plan: Plan, tasks, engine: Engine) -> None:
     for task, examples in tasks:
         engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
         for setting in plan.settings:
+            engine.check_loop(setting.decode)
             for example in examples:
                 setting.gate.for_domain(example.domain or task.domain)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from latentcot.config import ModelConfig
 from latentcot.errors import InputError
@@ -103,7 +103,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load model {cfg.model!r}: {exc}") from None
     has_remote_causal = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
-    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or has_remote_causal
+    registered = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING  # e.g. the zoo's looped model
+    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or has_remote_causal or registered
     if config.model_type in ENCODER_ONLY and not getattr(config, "is_decoder", False):
         causal = False  # a masked-LM checkpoint: loading it as causal would give nonsense
     if not causal or getattr(config, "is_encoder_decoder", False):
@@ -121,6 +122,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if device == "cpu" and model.dtype == torch.float16:
         model = model.float()  # fp16 matmuls are slow or missing on CPU
     model = model.to(device).eval()
+    if cfg.repeat_layers is not None:
+        from latentcot.repeat import repeat_layers
+        repeat_layers(model, *cfg.repeat_layers, cfg.repeats)
     identity = {
         "model": cfg.model,
         "source": source,
@@ -130,5 +134,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         "vocab_size": model.get_output_embeddings().weight.shape[0],  # V of normalized entropy (H / log V)
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
+        **({"repeat_layers": [*cfg.repeat_layers, cfg.repeats]} if cfg.repeat_layers is not None else {}),
     }
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)

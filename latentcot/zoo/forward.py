@@ -8,6 +8,8 @@ into the positions it came from (back-propagation through the continuous thought
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -20,41 +22,50 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
-def _final_hidden(model, **inputs) -> torch.Tensor:
-    """(B, T, D) final post-norm hidden states: the input of the LM head."""
-    return model.base_model(**inputs).last_hidden_state
+def _final_hidden(model, aux: list | None = None, **inputs) -> torch.Tensor:
+    """(B, T, D) final post-norm hidden states: the input of the LM head. A model's extra training
+    term (a looped model's ``regularizer``) is appended to ``aux``."""
+    out = model.base_model(**inputs)
+    if aux is not None and getattr(out, "regularizer", None) is not None:
+        aux.append(out.regularizer)
+    return out.last_hidden_state
 
 
-def predicting_hidden(model, batch: Batch) -> torch.Tensor:
-    """(B, S, D): for each suffix token, the hidden state of the position that predicts it."""
+def predicting_hidden(model, batch: Batch, aux: list | None = None, **model_kwargs) -> torch.Tensor:
+    """(B, S, D): for each suffix token, the hidden state of the position that predicts it.
+    ``model_kwargs`` go to every forward (e.g. a looped model's ``looping``)."""
+    run = functools.partial(_final_hidden, model, aux, **model_kwargs)
     prefix_width = batch.prefix_ids.shape[1]
     if batch.n_latent == 0:  # no latents: one ordinary forward over prefix + suffix
         ids = torch.cat([batch.prefix_ids, batch.suffix_ids], dim=1)      # (B, P + S)
         mask = torch.cat([batch.prefix_mask, batch.suffix_mask], dim=1)   # (B, P + S)
-        hidden = _final_hidden(model, input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
+        hidden = run(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
         return hidden[:, prefix_width - 1: -1]                            # (B, S, D)
 
     cache = DynamicCache(config=model.config)
     mask, positions = batch.prefix_mask, _positions(batch.prefix_mask)
-    hidden = _final_hidden(model, input_ids=batch.prefix_ids, attention_mask=mask, position_ids=positions,
-                           past_key_values=cache, use_cache=True)
+    hidden = run(input_ids=batch.prefix_ids, attention_mask=mask, position_ids=positions,
+                 past_key_values=cache, use_cache=True)
     last = hidden[:, -1:]                                                 # (B, 1, D) at <bot>
     next_position = positions[:, -1:] + 1                                 # (B, 1)
     ones = torch.ones_like(mask[:, :1])
     for _ in range(batch.n_latent):  # latent i is fed the hidden state of the position before it
         mask = torch.cat([mask, ones], dim=1)
-        last = _final_hidden(model, inputs_embeds=last, attention_mask=mask, position_ids=next_position,
-                             past_key_values=cache, use_cache=True)       # (B, 1, D)
+        last = run(inputs_embeds=last, attention_mask=mask, position_ids=next_position,
+                   past_key_values=cache, use_cache=True)                 # (B, 1, D)
         next_position = next_position + 1
     suffix_width = batch.suffix_ids.shape[1]
     mask = torch.cat([mask, batch.suffix_mask], dim=1)
     suffix_positions = next_position + torch.arange(suffix_width, device=mask.device)  # (B, S)
-    hidden = _final_hidden(model, input_ids=batch.suffix_ids, attention_mask=mask,
-                           position_ids=suffix_positions, past_key_values=cache, use_cache=True)
+    hidden = run(input_ids=batch.suffix_ids, attention_mask=mask, position_ids=suffix_positions,
+                 past_key_values=cache, use_cache=True)
     return torch.cat([last, hidden[:, :-1]], dim=1)                       # (B, S, D)
 
 
-def loss_of(model, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy over the batch's target tokens (a scalar with gradients)."""
-    logits = model.get_output_embeddings()(predicting_hidden(model, batch)).float()  # (B, S, V)
-    return F.cross_entropy(logits[batch.loss_mask], batch.suffix_ids[batch.loss_mask])
+def loss_of(model, batch: Batch, **model_kwargs) -> torch.Tensor:
+    """Mean cross-entropy over the batch's target tokens, plus the mean of the model's extra
+    training terms if it reports any (a scalar with gradients)."""
+    aux: list = []
+    logits = model.get_output_embeddings()(predicting_hidden(model, batch, aux, **model_kwargs)).float()  # (B, S, V)
+    loss = F.cross_entropy(logits[batch.loss_mask], batch.suffix_ids[batch.loss_mask])
+    return loss + torch.stack(aux).mean() if aux else loss

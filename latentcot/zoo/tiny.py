@@ -36,7 +36,16 @@ def char_tokenizer(alphabet: str = DEFAULT_ALPHABET,
 def tiny_config(arch: str, vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 2,
                 positions: int = 512, init_std: float = 0.02, pad_id: int = 0, bos_id: int = 2,
                 eos_id: int = 3):
-    """An HF config of ``arch`` at toy size. head_dim = hidden / heads (vLLM's CPU backend needs >= 32)."""
+    """An HF config of ``arch`` at toy size. head_dim = hidden / heads (vLLM's CPU backend needs >= 32).
+
+    ``arch`` may also be a looped spec, ``looped:k=2,L=4[,prelude=1,coda=1,inject=add,random=1,cos=0.1]``
+    (see latentcot.zoo.looped); ``layers`` is then ignored: the spec gives the depth."""
+    if arch.partition(":")[0] == "looped":
+        from latentcot.zoo.looped import LoopedConfig, parse_spec
+        return LoopedConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
+                            num_key_value_heads=heads, max_position_embeddings=positions, vocab_size=vocab_size,
+                            pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
+                            initializer_range=init_std, tie_word_embeddings=False, **parse_spec(arch))
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
     ids = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,

@@ -30,10 +30,12 @@ from latentcot.engine import Engine
 from latentcot.errors import InputError
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
+from latentcot.looping import LoopConfig
 from latentcot.tasks import load_task
 from latentcot.zoo.data import ANSWER_PREFIX, MARKERS, METHODS, PROMPT_FILE, Layout, encode, write_prompt_file
 from latentcot.zoo.forward import loss_of
 from latentcot.zoo.registry import user_root
+from latentcot.zoo.looped import is_looped, parse_spec, training_loops
 from latentcot.zoo.tiny import ARCHITECTURES, tiny_config
 from latentcot.zoo.tokenizer import task_tokenizer
 
@@ -49,7 +51,7 @@ class TrainConfig:
     task: str                        # task spec, e.g. "addition:n=4,digits=2,reverse=1"
     method: str                      # cot | nocot | coconut
     init: str | None = None          # coconut: directory of the cot model to start from (required)
-    arch: str = "llama"              # gpt2 | llama | qwen2 (ignored with init: the init model's shape is kept)
+    arch: str = "llama"              # gpt2 | llama | qwen2 | looped:k=K,L=L,... (ignored with init)
     hidden: int = 128                # model width (head_dim = hidden / heads)
     layers: int = 4
     heads: int = 4
@@ -78,7 +80,11 @@ class TrainConfig:
             if not ok:
                 raise InputError(message)
         check(self.method in METHODS, f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        check(self.arch in ARCHITECTURES, f"unknown arch {self.arch!r}; valid: {', '.join(ARCHITECTURES)}")
+        if self.arch.partition(":")[0] == "looped":
+            parse_spec(self.arch)  # raises InputError naming a bad option
+        else:
+            check(self.arch in ARCHITECTURES,
+                  f"unknown arch {self.arch!r}; valid: {', '.join(ARCHITECTURES)}, looped:k=K,L=L,...")
         check(self.method != "coconut" or self.init is not None,
               "--method coconut needs --init DIR, a cot model of the same task to start from")
         check(self.method == "coconut" or self.init is None, "--init only applies to --method coconut")
@@ -259,7 +265,9 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
         examples = task.examples("train", cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
         batch = encode(tokenizer, [task.prompt(e) for e in examples], examples,
                        cfg.layout(_batch_stage(cfg, step, stage))).to(cfg.device)
-        loss = loss_of(model, batch)
+        # a looped model may draw its loop count per step (seeded by step, so resume draws the same)
+        looping = {"looping": LoopConfig(training_loops(model.config, cfg.seed, step))} if is_looped(model) else {}
+        loss = loss_of(model, batch, **looping)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()

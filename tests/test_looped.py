@@ -1,0 +1,229 @@
+"""Looped models: equivalence with unrolled Llama, weight sharing, saving, cached decoding, adaptive exit."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from latentcot.config import DecodeConfig, ModelConfig, setting_id, setting_of, GateConfig, LatentConfig
+from latentcot.engine import Engine
+from latentcot.errors import InputError
+from latentcot.gates import EntropyGate, TokenGate
+from latentcot.latent import HiddenLatent
+from latentcot.looping import LoopConfig, loops_used, parse_exit
+from latentcot.model import load_model
+from latentcot.zoo.looped import LoopedConfig, LoopedForCausalLM, is_looped, parse_spec, training_loops
+from latentcot.zoo.tiny import tiny_model
+
+from test_cli import cli, records
+from test_engine import PROMPTS, Recording, reference_decode
+
+SIZE = dict(hidden=32, heads=2, init_std=0.2)
+
+
+def looped(tokenizer, spec: str, seed: int = 1):
+    return tiny_model(spec, tokenizer, seed=seed, **SIZE)
+
+
+def unrolled_llama(model: LoopedForCausalLM, loops: int | None = None):
+    """A plain Llama whose layers are prelude, the block repeated ``loops`` times, coda (weights copied)."""
+    cfg = model.config
+    loops = loops or cfg.loops
+    fields = {k: v for k, v in cfg.to_dict().items() if k in LlamaConfig().to_dict()
+              and k not in ("model_type", "architectures", "transformers_version", "num_hidden_layers")}
+    plain = AutoModelForCausalLM.from_config(LlamaConfig(**fields, num_hidden_layers=cfg.depth(loops)))
+    inner = model.model
+    order = [*inner.prelude, *list(inner.block) * loops, *inner.coda]
+    state = {"model.embed_tokens.weight": inner.embed_tokens.weight, "model.norm.weight": inner.norm.weight,
+             "lm_head.weight": model.lm_head.weight}
+    for i, layer in enumerate(order):
+        state.update({f"model.layers.{i}.{name}": p for name, p in layer.state_dict().items()})
+    plain.load_state_dict(state, strict=True)
+    return plain.to(model.dtype).eval()
+
+
+def batch(tokenizer):
+    return tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+
+
+def logits(model, enc, **kw):
+    positions = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        return model(**enc, position_ids=positions, **kw).logits
+
+
+@pytest.mark.parametrize("spec,loops", [("looped:k=2,L=1", None), ("looped:k=2,L=3", None),
+                                        ("looped:k=1,L=2,prelude=1,coda=1", None), ("looped:k=2,L=2", 4)])
+def test_looped_equals_llama_with_the_block_repeated(tokenizer, spec, loops):
+    model = looped(tokenizer, spec)
+    enc = batch(tokenizer)
+    plain = unrolled_llama(model, loops)
+    looping = {"looping": LoopConfig(loops=loops)} if loops else {}
+    torch.testing.assert_close(logits(model, enc, **looping), logits(plain, enc), atol=1e-5, rtol=1e-5)
+
+
+def test_shapes_weight_sharing_and_depth(tokenizer):
+    sizes = {L: sum(p.numel() for p in looped(tokenizer, f"looped:k=2,L={L},prelude=1").parameters())
+             for L in (1, 4, 8)}
+    assert len(set(sizes.values())) == 1, sizes  # one parameter set for the block
+    model = looped(tokenizer, "looped:k=2,L=3,prelude=1,coda=1")
+    assert model.config.num_hidden_layers == 1 + 2 * 3 + 1
+    assert not any(".block.2." in name for name in model.state_dict())
+    enc = batch(tokenizer)
+    out = model(**enc, output_hidden_states=True)
+    assert out.logits.shape == (*enc["input_ids"].shape, len(tokenizer))
+    assert out.loops.tolist() == [[3] * enc["input_ids"].shape[1]] * len(PROMPTS)
+    assert len(out.hidden_states) == 1 + 8
+    # injection variants change the computation but not the interface
+    for inject in ("add", "concat"):
+        other = looped(tokenizer, f"looped:k=1,L=3,inject={inject}")
+        assert other(**enc).logits.shape == out.logits.shape
+    assert looped(tokenizer, "looped:k=1,L=3,inject=concat").model.adapter is not None
+
+
+def test_save_and_load_through_auto_classes(tmp_path, tokenizer):
+    model = looped(tokenizer, "looped:k=2,L=3,prelude=1,inject=add")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "looped"
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), LoopedConfig)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(again, LoopedForCausalLM) and again.config.loops == 3 and again.config.inject == "add"
+    enc = batch(tokenizer)
+    torch.testing.assert_close(logits(again, enc), logits(model, enc))
+    loaded = load_model(ModelConfig(str(tmp_path), device="cpu"))
+    assert is_looped(loaded.model) and loaded.identity["model_type"] == "looped"
+
+
+class WithLooping:
+    """A looped model called with fixed ``looping`` (for the cache-free reference decoder)."""
+
+    def __init__(self, model, looping):
+        self.model, self.looping = model, looping
+
+    def __call__(self, **kwargs):
+        return self.model(**kwargs, looping=self.looping)
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+
+@pytest.mark.parametrize("spec,looping", [
+    ("looped:k=2,L=2", None),
+    ("looped:k=1,L=2,prelude=1,coda=1,inject=add", LoopConfig(loops=4)),
+    ("looped:k=1,L=6,inject=add", LoopConfig(exit="kl", epsilon=1e-2)),
+    ("looped:k=1,L=4,inject=concat,prelude=1", LoopConfig(exit="argmax")),
+], ids=["plain", "override-deeper", "kl-exit", "argmax-exit"])
+def test_cached_decoding_matches_cache_free_recomputation(tokenizer, spec, looping):
+    model = looped(tokenizer, spec).double()
+    decode = DecodeConfig(max_new_tokens=10, loop=looping)
+    engine = Engine(model, tokenizer)
+    # token mode, greedy
+    traces = engine.generate(PROMPTS, TokenGate(), HiddenLatent(), decode)
+    ref_logits, _ = reference_decode(WithLooping(model, looping), tokenizer, PROMPTS, TokenGate(), HiddenLatent(), 10)
+    for row, trace in enumerate(traces):
+        assert trace.token_id == [int(ref_logits[t][row].argmax()) for t in range(trace.n_steps)]
+    # latent feedback (the final hidden state), mixed with token steps
+    gate = Recording(EntropyGate(threshold=0.0, max_consecutive=2))
+    traces = engine.generate(PROMPTS, gate, HiddenLatent(), decode)
+    ref_logits, _ = reference_decode(WithLooping(model, looping), tokenizer, PROMPTS,
+                                     EntropyGate(threshold=0.0, max_consecutive=2), HiddenLatent(), 10)
+    for t, view in enumerate(gate.views):
+        torch.testing.assert_close(view.logits, ref_logits[t], atol=1e-6, rtol=1e-6)
+    most = (looping.loops if looping and looping.loops else model.config.loops)
+    for trace in traces:
+        assert len(trace.extra["loops"]) == trace.n_steps
+        assert all(1 <= n <= most for n in trace.extra["loops"])
+        if looping is None or not looping.adaptive:
+            assert set(trace.extra["loops"]) == {most}
+    if looping is not None and looping.adaptive:
+        assert len({n for trace in traces for n in trace.extra["loops"]}) > 1  # exits differ per row/step
+
+
+def test_exit_decisions_on_constructed_distributions():
+    def dist(*probs):
+        return torch.tensor(probs, dtype=torch.float64).log()
+
+    same = dist(0.7, 0.1, 0.1, 0.1)
+    # per row (B=4, T=1), logits after iterations 1..5
+    rows = [
+        [same, same, same, same, same],                                   # converged at once
+        [dist(.7, .1, .1, .1), dist(.1, .7, .1, .1)] * 2 + [same],        # argmax flips every time
+        [dist(.4, .3, .2, .1), dist(.6, .2, .1, .1), same, same, same],   # converges at iteration 3
+        [dist(.7, .1, .1, .1), dist(.1, .1, .1, .7)] * 2 + [same],        # same entropy, different token
+    ]
+    per_iteration = [torch.stack([r[i] for r in rows])[:, None] for i in range(5)]  # each (4, 1, V)
+    used = lambda cfg: loops_used(cfg, per_iteration)[:, 0].tolist()  # noqa: E731
+    assert used(LoopConfig(exit="kl")) == [2, 5, 4, 5]
+    assert used(LoopConfig(exit="kl", epsilon=10.0)) == [2, 2, 2, 2]           # everything is close enough
+    assert used(LoopConfig(exit="entropy", epsilon=1e-6)) == [2, 2, 4, 2]      # a permutation keeps H
+    assert used(LoopConfig(exit="argmax")) == [2, 5, 2, 5]                     # row 2 keeps token 0
+    assert used(LoopConfig(exit="argmax", patience=2)) == [3, 5, 3, 5]
+    assert used(LoopConfig(exit="kl", min_loops=3)) == [3, 5, 4, 5]
+    assert parse_exit("kl:5e-4") == LoopConfig(exit="kl", epsilon=5e-4)
+    assert parse_exit("argmax:3", loops=8) == LoopConfig(loops=8, exit="argmax", patience=3)
+    assert parse_exit("entropy:epsilon=0.01,min_loops=2") == LoopConfig(exit="entropy", epsilon=0.01, min_loops=2)
+    for bad in ("nope", "kl:x", "kl:eps=1", "argmax:0", "kl:-1"):
+        with pytest.raises(InputError):
+            parse_exit(bad)
+    with pytest.raises(InputError):
+        LoopConfig(loops=2, exit="kl", min_loops=3)
+
+
+def test_loop_settings_appear_in_the_setting_only_when_used():
+    gate, latent = GateConfig("token"), LatentConfig()
+    plain = DecodeConfig()
+    assert "loop" not in setting_of(gate, latent, plain) and setting_id(gate, latent, plain) == "token"
+    adaptive = DecodeConfig(loop=parse_exit("kl:5e-4", loops=8))
+    assert setting_of(gate, latent, adaptive)["loop"] == {"loops": 8, "exit": "kl", "epsilon": 5e-4,
+                                                          "patience": 1, "min_loops": 1}
+    assert setting_id(gate, latent, adaptive) == "token-loops8-kl0.0005"
+    assert setting_id(gate, latent, DecodeConfig(loop=LoopConfig(loops=3))) == "token-loops3"
+
+
+def test_arch_specs_and_training_loop_draws():
+    assert parse_spec("looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1") == dict(
+        block_layers=2, loops=4, prelude=1, coda=1, inject="add", train_loops="uniform", cosine_weight=0.1)
+    for bad in ("looped:k=0", "looped:q=1", "looped:inject=mul", "looped:L=x"):
+        with pytest.raises(InputError):
+            parse_spec(bad)
+    config = LoopedConfig(loops=4, train_loops="uniform")
+    draws = [training_loops(config, seed=0, step=s) for s in range(200)]
+    assert set(draws) == set(range(1, 8)) and draws == [training_loops(config, 0, s) for s in range(200)]
+    assert training_loops(LoopedConfig(loops=4), seed=0, step=3) == 4
+
+
+def test_cosine_regulariser_only_in_training(tokenizer):
+    model = looped(tokenizer, "looped:k=1,L=3,cos=0.5")
+    enc = batch(tokenizer)
+    model.train()
+    out = model.model(**enc)
+    assert out.regularizer is not None and out.regularizer.requires_grad and 0 < out.regularizer.detach().item() <= 1.0
+    model.eval()
+    assert model.model(**enc).regularizer is None
+
+
+def test_cli_records_loops_per_step_and_refuses_them_on_plain_models(tmp_path, tokenizer, saved_model, capsys):
+    model_dir = tmp_path / "looped"
+    looped(tokenizer, "looped:k=1,L=4,inject=add").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    assert cli("run", "--model", model_dir, "--task", "addition:n=2,digits=1", "--limit", "3", "--exit", "kl:5e-4",
+               "--max-new-tokens", "6", "--out", out) == 0
+    rows = records(out)
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row["steps"]["loops"]) == row["n_steps"] and all(1 <= n <= 4 for n in row["steps"]["loops"])
+        assert row["setting"]["loop"]["exit"] == "kl" and row["setting_id"].endswith("loops-kl0.0005")
+    plain_out = tmp_path / "plain"
+    assert cli("run", "--model", model_dir, "--task", "addition:n=2,digits=1", "--limit", "2",
+               "--max-new-tokens", "4", "--out", plain_out) == 0
+    assert all(r["steps"]["loops"] == [4] * r["n_steps"] for r in records(plain_out))  # recorded without --loops too
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert cli("run", "--model", saved_model, "--task", "addition", "--loops", "2", "--out", refused) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "looped model" in err and not refused.exists()
