@@ -227,3 +227,19 @@ def test_cli_records_loops_per_step_and_refuses_them_on_plain_models(tmp_path, t
     assert cli("run", "--model", saved_model, "--task", "addition", "--loops", "2", "--out", refused) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "looped model" in err and not refused.exists()
+
+
+def test_train_a_looped_arch_through_the_cli(tmp_path, capsys):
+    out, spec = tmp_path / "model", "looped:k=1,L=2,prelude=1,random=1,cos=0.1"
+    assert cli("train", "--task", "addition:n=2,digits=1,reverse=1", "--method", "nocot", "--arch", spec,
+               "--out", out, "--steps", "6", "--eval-every", "6", "--hidden", "32", "--heads", "2",
+               "--batch-size", "8", "--eval-examples", "8", "--test-examples", "8") == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["arch"] == "looped" and card["config"]["arch"] == spec
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert (model.config.loops, model.config.prelude, model.config.train_loops) == (2, 1, "uniform")
+    assert model.config.cosine_weight == 0.1
+    capsys.readouterr()
+    assert cli("train", "--task", "addition", "--method", "nocot", "--arch", "looped:k=0",
+               "--out", tmp_path / "bad") == 2
+    assert "block_layers" in capsys.readouterr().err

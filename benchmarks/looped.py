@@ -1,0 +1,174 @@
+"""Looped vs plain depth: the k⊗L grid of "Reasoning with Latent Thoughts", trained by steps.
+
+    python benchmarks/looped.py --out runs/looped-grid [--steps 3000] [--task addition:n=4,digits=2,reverse=1 --task phop]
+    python benchmarks/looped.py --quick --out /tmp/looped-quick      # a smoke run of a few minutes
+
+A k⊗L model applies one block of k Llama layers L times (effective depth D = k·L). The grid:
+base k⊗1 for k in {1, 2, 4, 8} (plain k-layer models) and looped 1⊗L, 2⊗L for L in {2, 4, 8}.
+Every cell trains the same number of optimizer steps (not minutes: deeper loops are slower per
+step, so a wall-clock budget would favour shallow models), without chain of thought (question →
+answer, the "nocot" layout), then is scored greedily on the test split.
+
+Writes to --out:
+  results.csv       one row per (task, cell): k, L, depth, params, steps, seconds, accuracy
+  fits.csv          per (task, family) the least-squares fit accuracy ≈ α·ln D + β
+  results.md        the accuracy table (each cell: accuracy, steps, seconds) and the fits
+  accuracy_vs_depth.png
+  models/<task>/<k>x<L>/   the trained models (a cell with a card.json is reused: the grid resumes)
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from latentcot.zoo.train import TrainConfig, train
+
+DEFAULT_TASKS = ("addition:n=4,digits=2,reverse=1", "phop")
+FAMILIES = ("base k⊗1", "1⊗L", "2⊗L")
+
+
+@dataclass(frozen=True)
+class Cell:
+    k: int  # layers in the block
+    L: int  # loops
+
+    @property
+    def name(self) -> str:
+        return f"{self.k}⊗{self.L}"
+
+    @property
+    def depth(self) -> int:
+        return self.k * self.L
+
+    @property
+    def families(self) -> list[str]:
+        """A k⊗1 model is the base point of its depth and the L = 1 point of the k⊗L family."""
+        names = ["base k⊗1"] if self.L == 1 else []
+        return names + ([f"{self.k}⊗L"] if self.k in (1, 2) else [])
+
+
+def grid(quick: bool) -> list[Cell]:
+    bases, loops = ((1, 2), (2,)) if quick else ((1, 2, 4, 8), (2, 4, 8))
+    return [Cell(k, 1) for k in bases] + [Cell(k, L) for k in (1, 2) for L in loops]
+
+
+def slug(task: str) -> str:
+    return task.replace(":", "-").replace("=", "").replace(",", "-")
+
+
+def train_cell(task: str, cell: Cell, root: Path, args) -> dict:
+    """Train one cell (or reuse a finished one); returns its card."""
+    import json
+
+    out = root / "models" / slug(task) / f"{cell.k}x{cell.L}"
+    if (out / "card.json").is_file():
+        return json.loads((out / "card.json").read_text())
+    cfg = TrainConfig(task=task, method="nocot", arch=f"looped:k={cell.k},L={cell.L}", hidden=args.hidden,
+                      heads=args.heads, lr=args.lr, batch_size=args.batch_size, steps=args.steps,
+                      warmup=min(100, args.steps // 10), decay="cosine", seed=args.seed, eval_every=args.steps,
+                      eval_examples=args.eval_examples, test_examples=args.test_examples)
+    resume = (out / "checkpoint.pt").is_file()
+    return train(cfg, out, resume=resume, argv=["benchmarks/looped.py", task, cell.name], progress=not args.quiet)
+
+
+def fit(rows: pd.DataFrame) -> pd.DataFrame:
+    """accuracy ≈ α·ln(D) + β per (task, family), least squares over the family's cells."""
+    fits = []
+    for (task, family), group in rows.explode("family").groupby(["task", "family"], sort=False):
+        x, y = np.log(group["depth"].to_numpy(float)), group["accuracy"].to_numpy(float)
+        if len(set(x)) < 2:
+            continue
+        alpha, beta = np.polyfit(x, y, 1)
+        fits.append({"task": task, "family": family, "alpha": alpha, "beta": beta, "points": len(group)})
+    return pd.DataFrame(fits, columns=["task", "family", "alpha", "beta", "points"])
+
+
+def markdown(rows: pd.DataFrame, fits: pd.DataFrame) -> str:
+    tasks = list(dict.fromkeys(rows["task"]))
+    lines = ["| cell | D | params | " + " | ".join(tasks) + " |", "|---|---|---|" + "---|" * len(tasks)]
+    for name, group in rows.groupby("cell", sort=False):
+        first = group.iloc[0]
+        by_task = {r.task: f"{r.accuracy:.1%} ({r.steps} steps, {r.seconds:.0f} s)" for r in group.itertuples()}
+        lines.append(f"| {name} | {first.depth} | {first.params:,} | " + " | ".join(by_task.get(t, "-") for t in tasks) + " |")
+    lines += ["", "Fits accuracy ≈ α·ln D + β:", "", "| task | family | α | β | points |", "|---|---|---|---|---|"]
+    lines += [f"| {f.task} | {f.family} | {f.alpha:.3f} | {f.beta:.3f} | {f.points} |" for f in fits.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(rows["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    colours = dict(zip(FAMILIES, plt.get_cmap("tab10").colors))
+    long = rows.explode("family")
+    for ax, task in zip(axes[0], tasks):
+        for family in FAMILIES:
+            points = long[(long["task"] == task) & (long["family"] == family)].sort_values("depth")
+            if points.empty:
+                continue
+            ax.plot(points["depth"], points["accuracy"], "o", color=colours[family], label=family)
+            line = fits[(fits["task"] == task) & (fits["family"] == family)]
+            if not line.empty:
+                d = np.geomspace(points["depth"].min(), points["depth"].max(), 50)
+                alpha, beta = line.iloc[0][["alpha", "beta"]]
+                ax.plot(d, alpha * np.log(d) + beta, "-", color=colours[family], alpha=0.7,
+                        label=f"{alpha:.2f}·ln D + {beta:.2f}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("effective depth D = k·L")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(task, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--task", action="append", help="task spec (repeat); default: addition and phop")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per cell")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 cells, 30 steps, width 32")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-examples", type=int, default=200)
+    parser.add_argument("--test-examples", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.hidden, args.heads, args.batch_size = 30, 32, 2, 16
+        args.eval_examples, args.test_examples = 20, 50
+    tasks = args.task or list(DEFAULT_TASKS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task in tasks:
+        for cell in grid(args.quick):
+            card = train_cell(task, cell, args.out, args)
+            rows.append({"task": task, "cell": cell.name, "family": cell.families, "k": cell.k, "L": cell.L,
+                         "depth": cell.depth, "params": card["params"], "steps": card["config"]["steps"],
+                         "seconds": card["train_seconds"], "accuracy": card["test_accuracy"],
+                         "test_examples": card["test_examples"]})
+            print(f"{task} {cell.name}: accuracy {card['test_accuracy']:.1%} after {card['config']['steps']} steps "
+                  f"({card['train_seconds']:.0f} s)", flush=True)
+    table = pd.DataFrame(rows)
+    fits = fit(table)
+    table.assign(family=table["family"].map(";".join)).to_csv(args.out / "results.csv", index=False)
+    fits.to_csv(args.out / "fits.csv", index=False)
+    (args.out / "results.md").write_text(markdown(table, fits), encoding="utf-8")
+    plot(table, fits, args.out / "accuracy_vs_depth.png")
+    print(markdown(table, fits))
+    return table
+
+
+if __name__ == "__main__":
+    main()
