@@ -243,3 +243,24 @@ def test_train_a_looped_arch_through_the_cli(tmp_path, capsys):
     assert cli("train", "--task", "addition", "--method", "nocot", "--arch", "looped:k=0",
                "--out", tmp_path / "bad") == 2
     assert "block_layers" in capsys.readouterr().err
+
+
+def test_loops_per_token_tables_by_domain():
+    from analysis import steps_frame
+    from analysis.loops import loops_figure, loops_per_token, loops_summary
+
+    def record(domain, example, loops):
+        return {"task_spec": "t", "setting_id": "token-loops-kl0.0005", "example_id": example, "domain": domain,
+                "n_steps": len(loops), "steps": {"mode": ["token"] * len(loops), "loops": loops}}
+
+    steps = steps_frame([record("arithmetic", "a", [2, 2, 8]), record("arithmetic", "b", [8]),
+                         record("logic", "c", [3, 3, 3, 8])])
+    table = loops_per_token(steps)
+    arithmetic = table[table["domain"] == "arithmetic"].set_index("loops")
+    assert arithmetic["tokens"].to_dict() == {2: 2, 8: 2} and arithmetic["fraction"].to_dict() == {2: 0.5, 8: 0.5}
+    summary = loops_summary(steps).set_index("domain")
+    assert summary.loc["logic", "mean"] == 4.25 and summary.loc["logic", "max"] == 8
+    assert len(loops_figure(table).axes) == 1
+    plain = steps_frame([{"task_spec": "t", "setting_id": "token", "example_id": "x", "domain": "d", "n_steps": 1,
+                          "steps": {"mode": ["token"]}}])
+    assert loops_per_token(plain).empty and loops_summary(plain).empty
