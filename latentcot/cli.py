@@ -107,8 +107,8 @@ def _execute(common: CommonOptions, settings) -> None:
 
     model_cfg = ModelConfig(common.model, tokenizer=common.tokenizer, dtype=common.dtype, device=common.device,
                             trust_remote_code=common.trust_remote_code,
-                            repeat_layers=parse_range(common.repeat_layers) if common.repeat_layers else None,
-                            repeats=common.repeats if common.repeat_layers else 1)
+                            repeat_layers=(*parse_range(common.repeat_layers), common.repeats)
+                            if common.repeat_layers else None)
     plan = experiment.Plan(model=model_cfg, tasks=tuple(common.task), settings=tuple(settings), split=common.split,
                            limit=common.limit, batch_size=common.batch_size, seed=common.seed,
                            prompt_file=str(common.prompt) if common.prompt else None,

@@ -44,15 +44,14 @@ class ModelConfig:
     device: str = "auto"             # auto = cuda when available, else cpu
     trust_remote_code: bool = False  # run code shipped with a checkpoint only when asked to
     revision: str | None = None      # hub revision (branch, tag or commit)
-    repeat_layers: tuple[int, int] | None = None  # experimental: apply layers [start, end) `repeats` times
-    repeats: int = 1
+    repeat_layers: tuple[int, int, int] | None = None  # experimental: (start, end, r), layers [start, end) r times
 
     def __post_init__(self):
         _check(bool(self.model.strip()), "model must not be empty")
-        _check(isinstance(self.repeats, int) and self.repeats >= 1, f"repeats must be an integer >= 1, got {self.repeats!r}")
         if self.repeat_layers is not None:
-            _check(len(self.repeat_layers) == 2 and all(isinstance(i, int) for i in self.repeat_layers),
-                   f"repeat_layers must be (start, end), got {self.repeat_layers!r}")
+            _check(len(self.repeat_layers) == 3 and all(isinstance(i, int) for i in self.repeat_layers)
+                   and self.repeat_layers[2] >= 1, f"repeat_layers must be (start, end, repeats >= 1), "
+                   f"got {self.repeat_layers!r}")
             object.__setattr__(self, "repeat_layers", tuple(self.repeat_layers))
         _choice(self.dtype, DTYPES, "dtype")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

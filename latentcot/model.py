@@ -124,7 +124,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model = model.to(device).eval()
     if cfg.repeat_layers is not None:
         from latentcot.repeat import repeat_layers
-        repeat_layers(model, *cfg.repeat_layers, cfg.repeats)
+        repeat_layers(model, *cfg.repeat_layers)
     identity = {
         "model": cfg.model,
         "source": source,
@@ -134,6 +134,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         "vocab_size": model.get_output_embeddings().weight.shape[0],  # V of normalized entropy (H / log V)
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
-        **({"repeat_layers": [*cfg.repeat_layers, cfg.repeats]} if cfg.repeat_layers is not None else {}),
+        **({"repeat_layers": list(cfg.repeat_layers)} if cfg.repeat_layers is not None else {}),
     }
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)

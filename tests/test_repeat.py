@@ -88,7 +88,7 @@ def test_cli_repeat_layers_runs_and_refuses_bad_ranges(tmp_path, saved_model, ca
     assert len(records(out)) == 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["repeat_layers"] == [0, 2, 2]
-    assert load_model(ModelConfig(str(saved_model), repeat_layers=(0, 2), repeats=2)).model.config.num_hidden_layers == 4
+    assert load_model(ModelConfig(str(saved_model), repeat_layers=(0, 2, 2))).model.config.num_hidden_layers == 4
     capsys.readouterr()
     for spec in ("1:9", "2-3"):
         bad = tmp_path / f"bad{spec}"
