@@ -264,3 +264,12 @@ def test_loops_per_token_tables_by_domain():
     plain = steps_frame([{"task_spec": "t", "setting_id": "token", "example_id": "x", "domain": "d", "n_steps": 1,
                           "steps": {"mode": ["token"]}}])
     assert loops_per_token(plain).empty and loops_summary(plain).empty
+
+
+def test_engine_token_mode_reproduces_hf_generate_on_a_looped_model(tokenizer):
+    model = looped(tokenizer, "looped:k=2,L=3,prelude=1,inject=add")
+    enc = batch(tokenizer)
+    hf = model.generate(**enc, max_new_tokens=12, do_sample=False)[:, enc["input_ids"].shape[1]:]
+    traces = Engine(model, tokenizer).generate(PROMPTS, TokenGate(), HiddenLatent(), DecodeConfig(max_new_tokens=12))
+    for trace, ref in zip(traces, hf.tolist()):
+        assert trace.token_id == ref[: trace.n_steps] and trace.extra["loops"] == [3] * trace.n_steps
