@@ -1,7 +1,6 @@
 """Looped models: equivalence with unrolled Llama, weight sharing, saving, cached decoding, adaptive exit."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
