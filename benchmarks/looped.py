@@ -11,6 +11,8 @@ answer, the "nocot" layout), then is scored greedily on the test split.
 
 Writes to --out:
   results.csv       one row per (task, cell): k, L, depth, params, steps, seconds, accuracy
+                    (seconds: wall-clock training time including the final validation check;
+                    compare it only between cells trained on an otherwise idle machine)
   fits.csv          per (task, family) the least-squares fit accuracy ≈ α·ln D + β
   results.md        the accuracy table (each cell: accuracy, steps, seconds) and the fits
   accuracy_vs_depth.png
@@ -29,6 +31,7 @@ from latentcot.zoo.train import TrainConfig, train
 
 DEFAULT_TASKS = ("addition:n=4,digits=2,reverse=1", "phop")
 FAMILIES = ("base k⊗1", "1⊗L", "2⊗L")
+MARKERS = {"base k⊗1": ("o", 10), "1⊗L": ("s", 7), "2⊗L": ("^", 5)}  # families share points: nest the markers
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ def plot(rows: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
             points = long[(long["task"] == task) & (long["family"] == family)].sort_values("depth")
             if points.empty:
                 continue
-            ax.plot(points["depth"], points["accuracy"], "o", color=colours[family], label=family)
+            marker, size = MARKERS[family]
+            ax.plot(points["depth"], points["accuracy"], marker, markersize=size, color=colours[family], label=family)
             line = fits[(fits["task"] == task) & (fits["family"] == family)]
             if not line.empty:
                 d = np.geomspace(points["depth"].min(), points["depth"].max(), 50)
@@ -121,6 +125,7 @@ def plot(rows: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
                 ax.plot(d, alpha * np.log(d) + beta, "-", color=colours[family], alpha=0.7,
                         label=f"{alpha:.2f}·ln D + {beta:.2f}")
         ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("effective depth D = k·L")
         ax.set_ylabel("test accuracy")
         ax.set_title(task, fontsize=9)
