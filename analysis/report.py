@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import KEY, Run, load_run
+from analysis.loops import loops_figure
 from analysis.plots import accuracy_entropy_figure, entropy_distribution_figure, house_style, info_loss_figure, \
     pareto_figure, step_trace_figure, threshold_figure, threshold_in_nats
 from analysis.render import display_frame, html_page, html_table, markdown_table, text_table, trace_html
@@ -117,6 +118,8 @@ def build_figures(run: Run, tables: AnalysisTables, options: AnalysisOptions) ->
                threshold_in_nats(r.get("threshold"), r.get("unit"), vocab_size))
               for _, r in pick_traces(run.samples).iterrows()]
     figures["step_traces"] = step_trace_figure(traces)
+    if not tables["loops_per_token"].empty:
+        figures["loops_per_token"] = loops_figure(tables["loops_per_token"])
     return figures, skipped
 
 

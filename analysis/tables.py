@@ -14,6 +14,7 @@ import pandas as pd
 from analysis.accuracy import accuracy_vs_entropy, accuracy_vs_threshold, best_thresholds, \
     pareto_table, per_domain_vs_global, settings_table, threshold_rows
 from analysis.info_loss import available_metrics, entropy_by_domain, info_loss_bins, info_loss_correlations
+from analysis.loops import loops_per_token, loops_summary
 from analysis.stats import AnalysisOptions
 
 TABLE_TITLES = {
@@ -26,6 +27,8 @@ TABLE_TITLES = {
     "per_domain_vs_global": "Per-domain τ vs one global τ",
     "accuracy_vs_entropy": "Accuracy vs per-example mean entropy",
     "pareto": "Accuracy vs forward passes (Pareto front)",
+    "loops_summary": "Loops per token (looped models)",
+    "loops_per_token": "Loops per token: distribution",
 }
 
 
@@ -72,6 +75,8 @@ def skipped_analyses(samples: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
     if {"latent_token_cos", "latent_norm"}.isdisjoint(names):
         skipped.append("latent-vector geometry and logit lens: not measured (needs latent steps and "
                        "--measure counterfactual)")
+    if "loops" not in steps.columns:
+        skipped.append("loops per token: the model does not loop (no steps.loops)")
     return skipped
 
 
@@ -91,5 +96,7 @@ def compute_tables(samples: pd.DataFrame, steps: pd.DataFrame,
         "per_domain_vs_global": per_domain_vs_global(samples, options, rng),
         "accuracy_vs_entropy": accuracy_vs_entropy(samples, options),
         "pareto": pareto_table(settings),
+        "loops_summary": loops_summary(steps),
+        "loops_per_token": loops_per_token(steps),
     }
     return AnalysisTables(tables, tuple(skipped_analyses(samples, steps)))

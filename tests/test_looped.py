@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
@@ -217,6 +218,11 @@ def test_cli_records_loops_per_step_and_refuses_them_on_plain_models(tmp_path, t
     for row in rows:
         assert len(row["steps"]["loops"]) == row["n_steps"] and all(1 <= n <= 4 for n in row["steps"]["loops"])
         assert row["setting"]["loop"]["exit"] == "kl" and row["setting_id"].endswith("loops-kl0.0005")
+    assert cli("analyze", out) == 0  # the report tabulates and plots the loops each step used
+    table = pd.read_csv(out / "report" / "loops_per_token.csv")
+    assert table["tokens"].sum() == sum(r["n_steps"] for r in rows)
+    assert (out / "report" / "loops_per_token.png").is_file()
+    assert "loops per token" not in (out / "report" / "summary.md").read_text().split("## Skipped")[1]
     plain_out = tmp_path / "plain"
     assert cli("run", "--model", model_dir, "--task", "addition:n=2,digits=1", "--limit", "2",
                "--max-new-tokens", "4", "--out", plain_out) == 0
