@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -46,6 +47,7 @@ from latentcot.types import LATENT, TOKEN, EmbeddingTable, StepView, Trace
 
 RULE_KEY = "latentcot_gate"  # key of the gate rule in SamplingParams.extra_args
 TAKE_RECORDS = "latentcot_take_records"  # the worker method added by RecordsExtension
+CPU_KV_CACHE_GIB = 2.0  # KV cache on a CPU machine when no memory option is given
 
 
 def gate_rule(gate) -> dict[str, Any]:
@@ -201,11 +203,14 @@ class VLLMEngine:
                        enforce_eager=backend.enforce_eager)
         if backend.gpu_memory_utilization is not None:
             options["gpu_memory_utilization"] = backend.gpu_memory_utilization
-        if backend.kv_cache_gib is not None:
-            options["kv_cache_memory_bytes"] = int(backend.kv_cache_gib * 2**30)
+        kv_cache_gib = backend.kv_cache_gib
+        if kv_cache_gib is None and backend.gpu_memory_utilization is None and _on_cpu():
+            kv_cache_gib = CPU_KV_CACHE_GIB  # vLLM's default, a fraction of all memory, rarely fits beside other work
+        if kv_cache_gib is not None:
+            options["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         try:
             llm = LLM(model=source, tokenizer=resolve_source(model.tokenizer)[0] if model.tokenizer else source,
-                      dtype=model.dtype, revision=model.revision, trust_remote_code=model.trust_remote_code,
+                      dtype=_dtype(model.dtype, config), revision=model.revision, trust_remote_code=model.trust_remote_code,
                       enable_prompt_embeds=True, logits_processors=[GateProcessor],
                       worker_extension_cls=f"{__name__}.RecordsExtension", async_scheduling=False, seed=0,
                       **{k: v for k, v in options.items() if v is not None})
@@ -325,6 +330,23 @@ class VLLMEngine:
                                                                  drop_last=row.finish == "eos"),
                      finish_reason=row.finish, mode=row.mode, token_id=row.token_id, entropy=row.entropy,
                      p_token=row.p_token, p_max=row.p_max)
+
+
+def _dtype(name: str, config) -> str:
+    """``auto`` means the checkpoint's dtype, as on the hf backend (vLLM's own auto may downcast
+    float32 checkpoints); float16 becomes float32 on a CPU."""
+    from vllm.platforms import current_platform
+
+    if name != "auto":
+        return name
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    saved = str(saved).removeprefix("torch.") if saved is not None else "auto"
+    return "float32" if saved == "float16" and current_platform.device_type == "cpu" else saved
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+    return current_platform.device_type == "cpu" and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
 
 
 def _parameter_count(config) -> int | None:
