@@ -93,8 +93,7 @@ def main() -> None:
         model.save_pretrained(Path(tmp) / "model")
         tokenizer.save_pretrained(Path(tmp) / "model")
         on_cpu = args.device == "cpu"
-        backend = BackendConfig("vllm", kv_cache_gib=args.kv_cache_gib or (1.0 if on_cpu else None),
-                                max_model_len=1024)
+        backend = BackendConfig("vllm", kv_cache_gib=args.kv_cache_gib or (1.0 if on_cpu else None))
         vllm_engine = VLLMEngine.load(ModelConfig(str(Path(tmp) / "model"), dtype=args.dtype), backend)
     model = model.to(args.device)
     hf_engine = Engine(model, tokenizer)
