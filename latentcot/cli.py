@@ -67,6 +67,12 @@ _COMMON = {
     "exit": (Optional[str], typer.Option(None, "--exit", help="Looped models: adaptive exit per token, kl:5e-4 | entropy:1e-3 | argmax:M (stable for M iterations).")),
     "repeat_layers": (Optional[str], typer.Option(None, "--repeat-layers", help="Experimental, any model: apply layers START:END (END exclusive) --repeats times.")),
     "repeats": (int, typer.Option(2, "--repeats", min=1, help="With --repeat-layers: how many times the range is applied.")),
+    "backend": (str, typer.Option("hf", help="Decoding engine: hf (transformers, every feature) | vllm (soft/topk-soft latents, no --measure or --markers).")),
+    "tensor_parallel_size": (int, typer.Option(1, help="vllm: GPUs the model is split over.")),
+    "max_model_len": (Optional[int], typer.Option(None, help="vllm: context length (default: the model's).")),
+    "gpu_memory_utilization": (Optional[float], typer.Option(None, help="vllm: fraction of GPU memory it may take (vLLM's default 0.92).")),
+    "kv_cache_gib": (Optional[float], typer.Option(None, help="vllm: KV-cache size in GiB, instead of a memory fraction (needed on CPU).")),
+    "enforce_eager": (bool, typer.Option(False, "--enforce-eager", help="vllm: no CUDA graphs or compilation (starts faster, decodes slower).")),
 }
 
 # The options every decoding command takes, as one frozen object (filled in by ``decoding_options``);
@@ -100,7 +106,7 @@ def _execute(common: CommonOptions, settings) -> None:
     from transformers.utils import logging as hf_logging
 
     from latentcot import experiment
-    from latentcot.config import ModelConfig
+    from latentcot.config import BackendConfig, ModelConfig
 
     hf_logging.disable_progress_bar()  # the run has its own progress bar; keep stderr readable
     from latentcot.repeat import parse_range
@@ -112,7 +118,10 @@ def _execute(common: CommonOptions, settings) -> None:
     plan = experiment.Plan(model=model_cfg, tasks=tuple(common.task), settings=tuple(settings), split=common.split,
                            limit=common.limit, batch_size=common.batch_size, seed=common.seed,
                            prompt_file=str(common.prompt) if common.prompt else None,
-                           measure=tuple(dict.fromkeys(common.measure)))
+                           measure=tuple(dict.fromkeys(common.measure)),
+                           backend=BackendConfig(common.backend, common.tensor_parallel_size, common.max_model_len,
+                                                 common.gpu_memory_utilization, common.kv_cache_gib,
+                                                 common.enforce_eager))
     experiment.execute(plan, common.out, resume=common.resume, argv=sys.argv)
 
 

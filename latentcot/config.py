@@ -15,6 +15,7 @@ GATES = ("token", "latent", "entropy", "fixed")
 UNITS = ("nats", "bits", "normalized")
 LATENT_MODES = ("hidden", "hidden-normed", "soft", "topk-soft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("hf", "vllm")
 
 C = TypeVar("C")
 
@@ -56,6 +57,34 @@ class ModelConfig:
         _choice(self.dtype, DTYPES, "dtype")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which engine decodes, and the vLLM engine's own settings (they never change a record's setting)."""
+
+    name: str = "hf"                              # hf (in-process transformers engine) | vllm
+    tensor_parallel_size: int = 1                 # vllm: GPUs the model is split over
+    max_model_len: int | None = None              # vllm: context length (default: the model's)
+    gpu_memory_utilization: float | None = None   # vllm: fraction of accelerator memory it may take
+    kv_cache_gib: float | None = None             # vllm: KV-cache size in GiB (overrides the fraction)
+    enforce_eager: bool = False                   # vllm: no graph capture or compilation (fast start)
+
+    def __post_init__(self):
+        _choice(self.name, BACKENDS, "backend")
+        _check(isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1,
+               f"tensor parallel size must be an integer >= 1, got {self.tensor_parallel_size!r}")
+        _check(self.max_model_len is None or (isinstance(self.max_model_len, int) and self.max_model_len >= 1),
+               f"max model length must be an integer >= 1, got {self.max_model_len!r}")
+        _check(self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+               f"gpu memory utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        _check(self.kv_cache_gib is None or (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0),
+               f"kv cache size must be > 0 GiB, got {self.kv_cache_gib!r}")
+        if self.name != "vllm":
+            given = [name for name, default in (("tensor_parallel_size", 1), ("max_model_len", None),
+                                                ("gpu_memory_utilization", None), ("kv_cache_gib", None),
+                                                ("enforce_eager", False)) if getattr(self, name) != default]
+            _check(not given, f"--{given[0].replace('_', '-') if given else ''} only applies to --backend vllm")
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,6 @@ class Engine:
     def _stop_hits(self, stop: tuple[str, ...], fed: torch.Tensor, is_token: torch.Tensor,
                    active: torch.Tensor, recent_tokens: list[list[int]]) -> torch.Tensor:
         """(B,) rows whose recent token text contains a stop string (a latent step breaks the text)."""
-        window = max(len(s) for s in stop) + 1      # a stop string spans at most this many tokens
         hits = torch.zeros_like(active)
         for row, (token, took_token, alive) in enumerate(zip(fed.tolist(), is_token.tolist(), active.tolist())):
             if not alive:
@@ -265,9 +264,7 @@ class Engine:
             if not took_token:
                 recent_tokens[row].clear()
                 continue
-            recent_tokens[row].append(token)
-            del recent_tokens[row][:-window]
-            hits[row] = any(s in self.tokenizer.decode(recent_tokens[row]) for s in stop)
+            hits[row] = stop_hit(self.tokenizer, stop, recent_tokens[row], token)
         return hits
 
     def _traces(self, prompts: Sequence[str], steps: dict[str, list[list]], finish: list[int]) -> list[Trace]:
@@ -291,21 +288,35 @@ class Engine:
         return traces
 
     def _render(self, modes: list[str], token_ids: list[int], drop_last: bool) -> str:
-        """Completion text: runs of fed tokens decoded together, each latent step as LATENT_TEXT."""
-        if drop_last:  # the EOS token ends the text, it is not part of it
-            modes, token_ids = modes[:-1], token_ids[:-1]
-        parts, run = [], []
-        for mode, token in zip(modes, token_ids):
-            if mode == LATENT:
-                if run:
-                    parts.append(self.tokenizer.decode(run))
-                    run = []
-                parts.append(LATENT_TEXT)
-            else:
-                run.append(token)
-        if run:
-            parts.append(self.tokenizer.decode(run))
-        return "".join(parts)
+        return render_completion(self.tokenizer, modes, token_ids, drop_last)
+
+
+def stop_hit(tokenizer, stop: tuple[str, ...], recent: list[int], token: int) -> bool:
+    """Append ``token`` to a row's recent token ids (trimmed in place) and say whether their text
+    now contains a stop string. The caller clears ``recent`` on a latent step."""
+    window = max(len(s) for s in stop) + 1      # a stop string spans at most this many tokens
+    recent.append(token)
+    del recent[:-window]
+    text = tokenizer.decode(recent)
+    return any(s in text for s in stop)
+
+
+def render_completion(tokenizer, modes: list[str], token_ids: list[int], drop_last: bool) -> str:
+    """Completion text: runs of fed tokens decoded together, each latent step as LATENT_TEXT."""
+    if drop_last:  # the EOS token ends the text, it is not part of it
+        modes, token_ids = modes[:-1], token_ids[:-1]
+    parts, run = [], []
+    for mode, token in zip(modes, token_ids):
+        if mode == LATENT:
+            if run:
+                parts.append(tokenizer.decode(run))
+                run = []
+            parts.append(LATENT_TEXT)
+        else:
+            run.append(token)
+    if run:
+        parts.append(tokenizer.decode(run))
+    return "".join(parts)
 
 
 def _as_list(value) -> list:

@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig, setting_id, setting_of
-from latentcot.engine import Engine
+from latentcot.backends import Backend, check_available, load_backend, unsupported
+from latentcot.config import (BackendConfig, DecodeConfig, GateConfig, LatentConfig, ModelConfig, setting_id,
+                              setting_of)
 from latentcot.errors import InputError
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
@@ -94,7 +95,7 @@ def _by_domain(setting: Setting, task, examples: Sequence[Example]) -> list[tupl
             for domain, group in groups.items()]
 
 
-def run_examples(engine: Engine, task, examples: Sequence[Example], settings: Sequence[Setting],
+def run_examples(engine: Backend, task, examples: Sequence[Example], settings: Sequence[Setting],
                  store: RunStore, done: set[tuple[str, str, str]], *, batch_size: int, seed: int,
                  measure: Sequence[str] = (), progress: Progress | None = None) -> int:
     """Decode every (example, setting) whose key is not in ``done`` (``store.done_keys()``, read once
@@ -138,11 +139,15 @@ class Plan:
     seed: int = 0
     prompt_file: str | None = None
     measure: tuple[str, ...] = ()      # extra per-step measurements (see MEASUREMENTS)
+    backend: BackendConfig = BackendConfig()  # which engine decodes (records do not depend on it)
 
     def __post_init__(self):
         for name in self.measure:
             if name not in MEASUREMENTS:
                 raise InputError(f"unknown measurement {name!r}; valid: {', '.join(MEASUREMENTS)}")
+        refusal = unsupported(self.backend, self.settings, self.measure, self.model)
+        if refusal:
+            raise InputError(refusal)
         if not self.settings:
             raise InputError("no decoding setting given")
         if self.split not in SPLITS:
@@ -221,13 +226,14 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _check_runnable(plan: Plan, tasks, engine: Engine) -> None:
+def _check_runnable(plan: Plan, tasks, engine: Backend) -> None:
     """Refuse, before anything is written, what would fail halfway through the run."""
     longest = max(s.decode.max_new_tokens for s in plan.settings)
     for task, examples in tasks:
         engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
         for setting in plan.settings:
-            engine.check_loop(setting.decode)
+            if setting.decode.loop is not None:  # only the hf engine takes loop settings (Plan refuses them elsewhere)
+                engine.check_loop(setting.decode)
             for example in examples:
                 setting.gate.for_domain(example.domain or task.domain)
 
@@ -250,14 +256,13 @@ def with_model_prompt(plan: Plan) -> Plan:
 def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequence[str] = (),
             echo: Callable[[str], None] = print) -> Path:
     """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory."""
-    from latentcot.model import load_model
-
     plan = with_model_prompt(plan)
     tasks = load_examples(plan)
     out = out if out is not None else default_run_dir(plan)
     RunStore.check(out, resume)  # before the slow model load
-    loaded = load_model(plan.model)
-    engine = Engine(loaded.model, loaded.tokenizer)
+    check_available(plan.backend)
+    loaded = load_backend(plan.model, plan.backend)
+    engine = loaded.engine
     _check_runnable(plan, tasks, engine)
     with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume) as store:
         done = store.done_keys()

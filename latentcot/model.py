@@ -95,7 +95,8 @@ def load_tokenizer(source: str, cfg: ModelConfig):
     return tokenizer
 
 
-def load_model(cfg: ModelConfig) -> LoadedModel:
+def check_causal(cfg: ModelConfig) -> tuple[str, bool, Any]:
+    """(source, is it local, its HF config) of a causal LM; InputError for anything else."""
     source, is_local = resolve_source(cfg.model)
     try:
         config = AutoConfig.from_pretrained(source, revision=cfg.revision,
@@ -109,8 +110,24 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         causal = False  # a masked-LM checkpoint: loading it as causal would give nonsense
     if not causal or getattr(config, "is_encoder_decoder", False):
         raise InputError(f"model {cfg.model!r} ({config.model_type}) is not a causal language model")
-    tokenizer_source, _ = resolve_source(cfg.tokenizer) if cfg.tokenizer else (source, is_local)
-    tokenizer = load_tokenizer(tokenizer_source, cfg)
+    return source, is_local, config
+
+
+def model_tokenizer(cfg: ModelConfig, source: str):
+    """The tokenizer of ``cfg`` (its own, or --tokenizer), left padding, pad token set."""
+    tokenizer_source, _ = resolve_source(cfg.tokenizer) if cfg.tokenizer else (source, True)
+    return load_tokenizer(tokenizer_source, cfg)
+
+
+def config_identity(cfg: ModelConfig, source: str, is_local: bool, config) -> dict[str, Any]:
+    """What a run manifest records about a model before any weights are loaded."""
+    return {"model": cfg.model, "source": source, "model_type": config.model_type,
+            "config_sha256": _config_hash(source, is_local, config)}
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    source, is_local, config = check_causal(cfg)
+    tokenizer = model_tokenizer(cfg, source)
     device = _device(cfg.device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -126,10 +143,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         from latentcot.repeat import repeat_layers
         repeat_layers(model, *cfg.repeat_layers)
     identity = {
-        "model": cfg.model,
-        "source": source,
-        "model_type": config.model_type,
-        "config_sha256": _config_hash(source, is_local, config),
+        **config_identity(cfg, source, is_local, config),
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": model.get_output_embeddings().weight.shape[0],  # V of normalized entropy (H / log V)
         "dtype": str(model.dtype).removeprefix("torch."),

