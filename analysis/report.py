@@ -32,6 +32,7 @@ FIGURE_TITLES = {
     "pareto": "Accuracy vs forward passes",
     "accuracy_vs_entropy": "Accuracy vs per-example mean entropy",
     "step_traces": "Example step traces",
+    "loops_per_token": "Loops per token by domain (looped models)",
 }
 METHODS = (
     "Accuracy intervals are Wilson score intervals. Information-loss curves and Spearman ρ use a "
@@ -150,7 +151,7 @@ def _run_facts(run: Run) -> list[str]:
 
 
 SUMMARY_TABLES = ["settings", "best_threshold", "per_domain_vs_global", "info_loss_correlation",
-                  "accuracy_vs_threshold", "entropy_by_domain"]
+                  "accuracy_vs_threshold", "entropy_by_domain", "loops_summary"]
 
 
 def summary_markdown(run: Run, tables: AnalysisTables, skipped: list[str], options: AnalysisOptions,

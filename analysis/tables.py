@@ -75,8 +75,6 @@ def skipped_analyses(samples: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
     if {"latent_token_cos", "latent_norm"}.isdisjoint(names):
         skipped.append("latent-vector geometry and logit lens: not measured (needs latent steps and "
                        "--measure counterfactual)")
-    if "loops" not in steps.columns:
-        skipped.append("loops per token: the model does not loop (no steps.loops)")
     return skipped
 
 

@@ -222,7 +222,8 @@ def test_cli_records_loops_per_step_and_refuses_them_on_plain_models(tmp_path, t
     table = pd.read_csv(out / "report" / "loops_per_token.csv")
     assert table["tokens"].sum() == sum(r["n_steps"] for r in rows)
     assert (out / "report" / "loops_per_token.png").is_file()
-    assert "loops per token" not in (out / "report" / "summary.md").read_text().split("## Skipped")[1]
+    assert "Loops per token" in (out / "report" / "summary.md").read_text()
+    assert 'id="fig-loops_per_token"' in (out / "report" / "report.html").read_text()
     plain_out = tmp_path / "plain"
     assert cli("run", "--model", model_dir, "--task", "addition:n=2,digits=1", "--limit", "2",
                "--max-new-tokens", "4", "--out", plain_out) == 0
