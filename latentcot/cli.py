@@ -276,6 +276,7 @@ def train(
     hidden: int = typer.Option(128, help="Model width."),
     layers: int = typer.Option(4, help="Transformer layers."),
     heads: int = typer.Option(4, help="Attention heads."),
+    tokenizer: str = typer.Option("char", help="char (one token per character) | word (word pieces; for made-up words, e.g. prosqa) (new models only)."),
     lr: float = typer.Option(3e-3, help="Peak learning rate (AdamW)."),
     warmup: int = typer.Option(100, help="Linear warm-up steps (per coconut stage)."),
     decay: str = typer.Option("none", help="Learning rate after warm-up: none (constant) | cosine (to 10 % at the end)."),
@@ -296,7 +297,7 @@ def train(
     from latentcot.zoo.train import train as train_model
 
     cfg = TrainConfig(task=task, method=method, init=str(init) if init else None, arch=arch, hidden=hidden,
-                      layers=layers, heads=heads, lr=lr, warmup=warmup, decay=decay, batch_size=batch_size, steps=steps, c=c,
+                      layers=layers, heads=heads, tokenizer=tokenizer, lr=lr, warmup=warmup, decay=decay, batch_size=batch_size, steps=steps, c=c,
                       max_stage=max_stage, start_stage=start_stage, mix_prob=mix_prob, seed=seed, device=device,
                       eval_every=eval_every, eval_examples=eval_examples, test_examples=test_examples)
     target = out or default_out(cfg)

@@ -176,3 +176,37 @@ def test_cosine_decay_warms_up_then_falls_to_a_tenth():
     assert {learning_rate(constant, i) for i in range(10, 100)} == {1e-3}
     with pytest.raises(InputError, match="unknown lr decay"):
         TrainConfig(task="addition", method="cot", decay="linear")
+
+
+def test_word_tokenizer_round_trips_and_gives_each_made_up_word_one_token(tmp_path):
+    from transformers import AutoTokenizer
+
+    prompt = write_prompt_file(tmp_path)
+    task = load_task("prosqa:hops=2,dead=0,distract=1,extra=0", str(prompt))
+    tokenizer = task_tokenizer(task, "Answer:", kind="word")
+    tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    for example in task.examples("test", 20, 0):
+        text = task.prompt(example) + "\n".join(example.steps) + f"\nAnswer: {example.answer}"
+        ids = reloaded(text, add_special_tokens=False)["input_ids"]
+        assert reloaded.decode(ids) == text and reloaded.unk_token_id not in ids  # test words are known
+        for word in example.meta["idx_to_symbol"]:                               # one token each, after a space
+            assert len(reloaded(f" {word}", add_special_tokens=False)["input_ids"]) == 1
+    marked = reloaded("<bot> is<eot>", add_special_tokens=False)["input_ids"]
+    assert reloaded.convert_ids_to_tokens(marked) == ["<bot>", " is", "<eot>"]
+    assert reloaded("Zq", add_special_tokens=False)["input_ids"] == [reloaded.unk_token_id]  # unseen word
+
+
+def test_a_coconut_model_inherits_the_word_tokenizer_of_its_init(tmp_path):
+    task = "prosqa:hops=1,dead=0,distract=1,extra=0"
+    cot = train(TrainConfig(task=task, method="cot", tokenizer="word", steps=2, eval_every=2, **TINY),
+                tmp_path / "cot", progress=False)
+    assert cot["config"]["tokenizer"] == "word"
+    coconut = train(TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=2, eval_every=2,
+                                **TINY), tmp_path / "coconut", progress=False)
+    assert coconut["config"]["tokenizer"] == "word"
+    resumed = train(TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=3, eval_every=2,
+                                **TINY), tmp_path / "coconut", resume=True, progress=False)  # same settings: accepted
+    assert resumed["config"]["steps"] == 3
+    with pytest.raises(InputError, match="unknown tokenizer"):
+        TrainConfig(task=task, method="cot", tokenizer="bpe")

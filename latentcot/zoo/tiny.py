@@ -8,7 +8,7 @@ from __future__ import annotations
 import string
 
 import torch
-from tokenizers import Tokenizer, decoders, models
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoConfig, AutoModelForCausalLM, PreTrainedModel,
                           PreTrainedTokenizerFast)
 
@@ -16,6 +16,9 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 THOUGHT_MARKERS = ("<bot>", "<eot>")  # begin / end of a latent (continuous) thought segment
 DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " \n"
 ARCHITECTURES = ("gpt2", "llama", "qwen2")
+# Word pieces: a run of letters or one other character, each with the space before it if any, or
+# one whitespace character. Every character of a text falls in exactly one piece.
+WORD_PIECE = r" ?[A-Za-z]+| ?[^A-Za-z\s]|\s"
 
 
 def char_tokenizer(alphabet: str = DEFAULT_ALPHABET,
@@ -27,6 +30,21 @@ def char_tokenizer(alphabet: str = DEFAULT_ALPHABET,
     # BPE without merges splits text into single characters from the vocabulary.
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.decoder = decoders.Fuse()
+    return _fast(backend, extra_special)
+
+
+def word_tokenizer(pieces, extra_special: tuple[str, ...] = THOUGHT_MARKERS) -> PreTrainedTokenizerFast:
+    """One token per word piece (see ``WORD_PIECE``) in ``pieces``, plus special tokens; anything else
+    is ``<unk>``. Copying a made-up word is then one token, not a character-by-character task."""
+    specials = [*SPECIAL_TOKENS, *extra_special]
+    vocab = {token: i for i, token in enumerate([*specials, *sorted(set(pieces) - set(specials))])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PIECE), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return _fast(backend, extra_special)
+
+
+def _fast(backend: Tokenizer, extra_special: tuple[str, ...]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
         eos_token="<eos>", additional_special_tokens=list(extra_special),

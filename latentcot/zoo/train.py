@@ -37,12 +37,14 @@ from latentcot.zoo.forward import loss_of
 from latentcot.zoo.registry import user_root
 from latentcot.zoo.looped import is_looped, parse_spec, training_loops
 from latentcot.zoo.tiny import ARCHITECTURES, tiny_config
+from latentcot.zoo.tokenizer import KINDS as TOKENIZER_KINDS
 from latentcot.zoo.tokenizer import task_tokenizer
 
 LR_DECAYS = ("none", "cosine")
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 SHAPE_FIELDS = ("arch", "hidden", "layers", "heads")
+INIT_FIELDS = (*SHAPE_FIELDS, "tokenizer")  # what a coconut model inherits from its init model
 DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout")
 
 
@@ -55,6 +57,7 @@ class TrainConfig:
     hidden: int = 128                # model width (head_dim = hidden / heads)
     layers: int = 4
     heads: int = 4
+    tokenizer: str = "char"          # char | word (word pieces: for tasks with made-up words); ignored with init
     dropout: float = 0.0             # synthetic data never repeats, so no regularisation is needed
     lr: float = 3e-3                 # AdamW peak learning rate
     warmup: int = 100                # linear warm-up steps (restarted with each coconut stage)
@@ -94,6 +97,8 @@ class TrainConfig:
         check(self.hidden % self.heads == 0, f"hidden {self.hidden} is not divisible by heads {self.heads}")
         check(self.lr > 0 and self.warmup >= 0 and self.weight_decay >= 0 and self.grad_clip > 0,
               "lr and grad_clip must be > 0, warmup and weight_decay >= 0")
+        check(self.tokenizer in TOKENIZER_KINDS,
+              f"unknown tokenizer {self.tokenizer!r}; valid: {', '.join(TOKENIZER_KINDS)}")
         check(self.decay in LR_DECAYS, f"unknown lr decay {self.decay!r}; valid: {', '.join(LR_DECAYS)}")
         check(0 <= self.dropout < 1 and 0 <= self.mix_prob <= 1, "dropout must be in [0, 1), mix_prob in [0, 1]")
         check(self.max_stage is None or self.max_stage >= 1, "max_stage must be >= 1")
@@ -156,6 +161,13 @@ def _shape_of(config) -> dict:
             "layers": get("num_hidden_layers", "n_layer"), "heads": get("num_attention_heads", "n_head")}
 
 
+def _tokenizer_kind(model_dir: Path) -> str:
+    """The tokenizer kind a zoo model was trained with (its card's config; char for older cards)."""
+    card = model_dir / "card.json"
+    config = json.loads(card.read_text(encoding="utf-8")).get("config", {}) if card.is_file() else {}
+    return config.get("tokenizer", "char")
+
+
 def _prepare(cfg: TrainConfig, out: Path, resume: bool):
     """(model, tokenizer, task) ready to train; writes prompt + tokenizer on a fresh start."""
     if not resume:
@@ -167,7 +179,8 @@ def _prepare(cfg: TrainConfig, out: Path, resume: bool):
             AutoTokenizer.from_pretrained(init).save_pretrained(out)
         else:
             write_prompt_file(out)
-            task_tokenizer(load_task(cfg.task, str(out / PROMPT_FILE)), ANSWER_PREFIX).save_pretrained(out)
+            task = load_task(cfg.task, str(out / PROMPT_FILE))
+            task_tokenizer(task, ANSWER_PREFIX, kind=cfg.tokenizer).save_pretrained(out)
     task = load_task(cfg.task, str(out / PROMPT_FILE))
     tokenizer = AutoTokenizer.from_pretrained(out)
     tokenizer.padding_side = "left"
@@ -222,7 +235,7 @@ def _check_out(cfg: TrainConfig, out: Path, resume: bool) -> TrainConfig:
     if not (out / CHECKPOINT).is_file():
         raise InputError(f"nothing to resume: {out / CHECKPOINT} does not exist")
     saved = TrainConfig(**torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")["config"])
-    free = ("steps", "device", "max_stage") + (SHAPE_FIELDS if cfg.init else ())  # with init the shape is the init's
+    free = ("steps", "device", "max_stage") + (INIT_FIELDS if cfg.init else ())  # with init these are the init's
     differ = [f.name for f in dataclasses.fields(cfg) if f.name not in free
               and getattr(cfg, f.name) != getattr(saved, f.name)]
     if differ:
@@ -239,7 +252,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer, task = _prepare(cfg, out, resume)
     if cfg.init is not None:  # record the shape actually trained, not the ignored defaults
-        cfg = dataclasses.replace(cfg, **_shape_of(model.config))
+        cfg = dataclasses.replace(cfg, **_shape_of(model.config), tokenizer=_tokenizer_kind(Path(cfg.init)))
     if cfg.method == "coconut" and cfg.max_stage is None:
         steps_per_example = len(task.examples("train", 1, cfg.seed)[0].steps)
         cfg = dataclasses.replace(cfg, max_stage=max(1, steps_per_example))
