@@ -5,15 +5,7 @@ import json
 
 import pytest
 
-from latentcot.cli import main
-
-
-def cli(*args: str) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return exc.code
-    return 0
+from test_cli import cli
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from latentcot.engine import Engine  # noqa: E402
 from latentcot.errors import InputError  # noqa: E402
 from latentcot.gates import EntropyGate, FixedGate, LatentGate, TokenGate  # noqa: E402
 from latentcot.latent import HiddenLatent, SoftLatent, TopKSoftLatent  # noqa: E402
+from test_cli import dataset  # noqa: E402,F401  (the shared small dataset fixture)
 
 PROMPTS = ["12+7=", "Every cat is a mammal. Is Tom a cat?", "x", "The quick brown fox"]
 
@@ -126,16 +127,6 @@ def test_unsupported_requests_are_input_errors(vllm_engine):
         vllm_engine.generate(PROMPTS, TokenGate(), HiddenLatent(), cfg, measure=("counterfactual",))
     with pytest.raises(InputError, match="exceeds the vLLM context of 256"):
         vllm_engine.generate(["x" * 250], TokenGate(), HiddenLatent(), DecodeConfig(max_new_tokens=10))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    import json
-
-    path = tmp_path_factory.mktemp("data") / "sums.jsonl"
-    rows = [{"question": f"{a} + {b} =", "answer": str(a + b)} for a, b in [(1, 2), (13, 5), (7, 70), (22, 9), (3, 3)]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def run_records(saved_model, dataset, out, *extra) -> list[dict]:
