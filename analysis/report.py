@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.load import KEY, Run, load_run
+from analysis.load import Run, load_run
 from analysis.loops import loops_figure
 from analysis.plots import accuracy_entropy_figure, entropy_distribution_figure, house_style, info_loss_figure, \
     pareto_figure, step_trace_figure, threshold_figure, threshold_in_nats

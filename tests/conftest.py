@@ -1,6 +1,7 @@
 """Tiny random-init models of several architectures, built in-process (no download)."""
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the model hub
@@ -39,4 +40,13 @@ def saved_model(tmp_path_factory, models, tokenizer):
     path = tmp_path_factory.mktemp("model") / "tiny-llama"
     models["llama"].save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A five-line generic JSONL dataset of small sums."""
+    path = tmp_path_factory.mktemp("data") / "sums.jsonl"
+    rows = [{"question": f"{a} + {b} =", "answer": str(a + b)} for a, b in [(1, 2), (13, 5), (7, 70), (22, 9), (3, 3)]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 from latentcot.cli import main
@@ -15,14 +14,6 @@ from latentcot.cli import main
 REQUIRED = {"setting", "setting_id", "task", "domain", "example_id", "prompt", "completion", "answer",
             "prediction", "correct", "n_steps", "n_latent", "steps"}
 STEP_FIELDS = {"mode", "token_id", "entropy", "p_token", "p_max"}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "sums.jsonl"
-    rows = [{"question": f"{a} + {b} =", "answer": str(a + b)} for a, b in [(1, 2), (13, 5), (7, 70), (22, 9), (3, 3)]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def cli(*args: str) -> int:

@@ -19,7 +19,6 @@ from latentcot.engine import Engine  # noqa: E402
 from latentcot.errors import InputError  # noqa: E402
 from latentcot.gates import EntropyGate, FixedGate, LatentGate, TokenGate  # noqa: E402
 from latentcot.latent import HiddenLatent, SoftLatent, TopKSoftLatent  # noqa: E402
-from test_cli import dataset  # noqa: E402,F401  (the shared small dataset fixture)
 
 PROMPTS = ["12+7=", "Every cat is a mammal. Is Tom a cat?", "x", "The quick brown fox"]
 

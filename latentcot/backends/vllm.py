@@ -38,7 +38,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from latentcot.config import BackendConfig, DecodeConfig, ModelConfig
-from latentcot.engine import context_length, render_completion, stop_hit
+from latentcot.engine import render_completion, stop_hit
 from latentcot.errors import InputError
 from latentcot.gates import EntropyGate, FixedGate, LatentGate, TokenGate, entropy_in_unit
 from latentcot.latent import SoftLatent, TopKSoftLatent

@@ -115,7 +115,7 @@ class Params:
             try:
                 values[key] = int(text)
             except ValueError:
-                raise InputError(f"bad value for {cls.task}:{key}: {text!r} is not an integer")
+                raise InputError(f"bad value for {cls.task}:{key}: {text!r} is not an integer") from None
         return cls(**values)
 
     def canonical(self) -> str:

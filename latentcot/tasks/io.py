@@ -90,7 +90,7 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", where=str(path))
+        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", where=str(path)) from None
 
 
 def _json_document(path: Path, text: str, expected: type, invalid: str, wrong_type: str):
@@ -98,7 +98,7 @@ def _json_document(path: Path, text: str, expected: type, invalid: str, wrong_ty
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(f"{invalid}: {err.msg}", where=f"{path}:{err.lineno}")
+        raise InputError(f"{invalid}: {err.msg}", where=f"{path}:{err.lineno}") from None
     if not isinstance(data, expected):
         raise InputError(wrong_type, where=f"{path}:1")
     return data
@@ -113,7 +113,7 @@ def _coconut_examples(path: Path, text: str) -> list[Example]:
             examples.append(_example(record, str(index + 1), "generic", seen, index + 1))
         except _RecordError as err:
             where = f"{path}:{_line_of_element(text, index)}"
-            raise InputError(f"record {index + 1}: {err}", where=where)
+            raise InputError(f"record {index + 1}: {err}", where=where) from None
     return examples
 
 
@@ -126,7 +126,7 @@ def _jsonl_examples(path: Path, text: str) -> tuple[str, list[Example]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise InputError(f"invalid JSON: {err.msg} (column {err.colno})", where=where)
+            raise InputError(f"invalid JSON: {err.msg} (column {err.colno})", where=where) from None
         if fmt is None:
             fmt = "gsm8k" if _looks_gsm8k(record) else "generic"
         try:
@@ -134,7 +134,7 @@ def _jsonl_examples(path: Path, text: str) -> tuple[str, list[Example]]:
                 record = _gsm8k_record(record)
             examples.append(_example(record, str(lineno), DEFAULT_DOMAIN[fmt], seen, lineno))
         except _RecordError as err:
-            raise InputError(str(err), where=where)
+            raise InputError(str(err), where=where) from None
     return fmt or "generic", examples
 
 
@@ -228,7 +228,7 @@ def load_prompt_file(path: str | Path) -> PromptTemplate:
     try:
         return _template(data, str(path))
     except _RecordError as err:
-        raise InputError(f"prompt file: {err}", where=str(path))
+        raise InputError(f"prompt file: {err}", where=str(path)) from None
 
 
 def _template(data: dict, source: str) -> PromptTemplate:
