@@ -290,6 +290,7 @@ def train(
     test_examples: int = typer.Option(500, help="Test-split examples measured for card.json."),
     seed: int = typer.Option(0, help="Seed of the init, the data order and stage mixing."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    save_dtype: str = typer.Option("float32", help="Dtype of the saved weights: float32 | float16 | bfloat16 (the card's accuracy is measured on them)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the directory's last checkpoint."),
 ) -> None:
     """Train a small model on a task (cot, nocot or COCONUT) and write weights, prompt.json, train_log.jsonl and card.json."""
@@ -298,7 +299,7 @@ def train(
 
     cfg = TrainConfig(task=task, method=method, init=str(init) if init else None, arch=arch, hidden=hidden,
                       layers=layers, heads=heads, tokenizer=tokenizer, lr=lr, warmup=warmup, decay=decay, batch_size=batch_size, steps=steps, c=c,
-                      max_stage=max_stage, start_stage=start_stage, mix_prob=mix_prob, seed=seed, device=device,
+                      max_stage=max_stage, start_stage=start_stage, mix_prob=mix_prob, seed=seed, device=device, save_dtype=save_dtype,
                       eval_every=eval_every, eval_examples=eval_examples, test_examples=test_examples)
     target = out or default_out(cfg)
     # The command as given (options typed on the command line), also when called as main(argv).

@@ -210,3 +210,27 @@ def test_a_coconut_model_inherits_the_word_tokenizer_of_its_init(tmp_path):
     assert resumed["config"]["steps"] == 3
     with pytest.raises(InputError, match="unknown tokenizer"):
         TrainConfig(task=task, method="cot", tokenizer="bpe")
+
+
+def test_weights_saved_in_float16_are_the_ones_the_card_measured(cot_model, tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    from latentcot.zoo.train import evaluate, resave
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cot_model, copy)
+    before = (copy / "model.safetensors").stat().st_size
+    card = resave(copy, "float16")
+    with safe_open(copy / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}
+    assert (copy / "model.safetensors").stat().st_size < 0.6 * before
+    assert card["config"]["save_dtype"] == "float16" and card["train_command"].endswith("--save-dtype float16")
+    loaded = load_model(ModelConfig(str(copy), device="cpu"))             # upcast to float32 on a CPU
+    assert loaded.model.dtype == torch.float32
+    task = load_task(TASK, str(copy / "prompt.json"))
+    test = task.examples("test", card["test_examples"], 0)
+    assert evaluate(loaded.model, loaded.tokenizer, task, test, card["decode"]) == card["test_accuracy"]
+    with pytest.raises(InputError, match="unknown save dtype"):
+        TrainConfig(task=TASK, method="cot", save_dtype="int8")

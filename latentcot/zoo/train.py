@@ -44,6 +44,7 @@ LR_DECAYS = ("none", "cosine")
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 SHAPE_FIELDS = ("arch", "hidden", "layers", "heads")
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INIT_FIELDS = (*SHAPE_FIELDS, "tokenizer")  # what a coconut model inherits from its init model
 DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout")
 
@@ -74,6 +75,7 @@ class TrainConfig:
     seed: int = 0                    # model init, data order, stage mixing
     device: str = "cpu"              # cpu | cuda | cuda:N
     dtype: str = "float32"           # float32 | float64 (float64 for exact tests)
+    save_dtype: str = "float32"      # dtype of the saved weights; the card's accuracy is measured on exactly them
     eval_every: int = 500            # steps between validation checks and checkpoints
     eval_examples: int = 200         # valid-split examples per check
     test_examples: int = 500         # test-split examples for the card
@@ -106,6 +108,7 @@ class TrainConfig:
               "start_stage must be in 0..max_stage")
         check(self.device == "cpu" or self.device.startswith("cuda"), f"unknown device {self.device!r}")
         check(self.dtype in ("float32", "float64"), f"unknown dtype {self.dtype!r}; valid: float32, float64")
+        check(self.save_dtype in SAVE_DTYPES, f"unknown save dtype {self.save_dtype!r}; valid: {', '.join(SAVE_DTYPES)}")
 
     @property
     def stages(self) -> list[int]:
@@ -235,7 +238,7 @@ def _check_out(cfg: TrainConfig, out: Path, resume: bool) -> TrainConfig:
     if not (out / CHECKPOINT).is_file():
         raise InputError(f"nothing to resume: {out / CHECKPOINT} does not exist")
     saved = TrainConfig(**torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")["config"])
-    free = ("steps", "device", "max_stage") + (INIT_FIELDS if cfg.init else ())  # with init these are the init's
+    free = ("steps", "device", "max_stage", "save_dtype") + (INIT_FIELDS if cfg.init else ())  # with init these are the init's
     differ = [f.name for f in dataclasses.fields(cfg) if f.name not in free
               and getattr(cfg, f.name) != getattr(saved, f.name)]
     if differ:
@@ -306,6 +309,21 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
     return _finish(cfg, out, model, tokenizer, task, seconds, argv)
 
 
+def resave(model_dir: Path, save_dtype: str) -> dict:
+    """Store a trained zoo model's weights in ``save_dtype`` (e.g. float16: half the size), measure
+    its test accuracy again on exactly those weights and rewrite its card, whose train command
+    then names ``--save-dtype``: what the command would have produced directly."""
+    model_dir = Path(model_dir)
+    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
+    cfg = TrainConfig(**{**card["config"], "save_dtype": save_dtype, "device": "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    task = load_task(cfg.task, str(model_dir / PROMPT_FILE))
+    argv = [a for a in shlex.split(card["train_command"] or "") if a] + ["--save-dtype", save_dtype]
+    return _finish(cfg, model_dir, model, tokenizer, task, card["train_seconds"], argv)
+
+
 def _save_checkpoint(out: Path, cfg: TrainConfig, model, optimizer, step: int, stage: int, seconds: float) -> None:
     state = {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "step": step, "stage": stage, "seconds": seconds, "rng": torch.get_rng_state()}
@@ -318,8 +336,12 @@ def _finish(cfg: TrainConfig, out: Path, model, tokenizer, task, seconds: float,
     """Test accuracy, HF weights and the card."""
     decode = cfg.decode(cfg.stages[-1])
     test = task.examples("test", cfg.test_examples, cfg.seed)
+    saved = SAVE_DTYPES[cfg.save_dtype]
+    with torch.no_grad():  # round to the saved precision first, so the card describes the shipped weights
+        for parameter in model.parameters():
+            parameter.copy_(parameter.to(saved))
     accuracy = evaluate(model, tokenizer, task, test, decode)
-    model.save_pretrained(out)
+    model.to(saved).save_pretrained(out)
     card = {
         "task": task.spec, "method": cfg.method, "arch": model.config.model_type,
         "params": sum(p.numel() for p in model.parameters()),
