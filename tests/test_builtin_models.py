@@ -40,3 +40,25 @@ def test_the_cot_model_solves_its_task():
     cot = [m for m in BUILTIN.values() if m.card.get("method") == "cot"]
     assert cot, "no built-in CoT model"
     assert all(m.card["test_accuracy"] >= 0.9 and accuracy(m) >= 0.9 for m in cot)
+
+
+def test_a_coconut_model_beats_the_nocot_model_of_its_task():
+    """The scientific target: all reasoning steps as continuous thoughts (the ``fixed`` gate it was
+    trained with) clearly above answering directly, for a model of the same shape and budget."""
+    from analysis.stats import wilson_interval
+
+    def interval(model):
+        card = model.card
+        low, high = wilson_interval(round(card["test_accuracy"] * card["test_examples"]), card["test_examples"])
+        return float(low), float(high)
+
+    by_task = {}
+    for model in BUILTIN.values():
+        by_task.setdefault(model.card["task"], {})[model.card["method"]] = model
+    beaten = [(m["coconut"], m["nocot"]) for m in by_task.values() if {"coconut", "nocot"} <= m.keys()
+              and interval(m["coconut"])[0] > interval(m["nocot"])[1]]
+    assert beaten, "no built-in COCONUT model is clearly above the nocot model of its task"
+    coconut, nocot = beaten[0]
+    assert coconut.card["decode"]["gate"] == "fixed" and coconut.card["decode"]["k"] >= 1
+    assert coconut.card["params"] == nocot.card["params"]
+    assert accuracy(coconut) >= accuracy(nocot)  # and on the reduced test set, measured now
