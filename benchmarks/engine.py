@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -23,6 +22,7 @@ from latentcot.gates import EntropyGate, TokenGate
 from latentcot.kvcache import preallocated_cache
 from latentcot.latent import HiddenLatent
 from latentcot.zoo.tiny import char_tokenizer, tiny_model
+from timing import timed
 
 PROMPT_WORDS = "Every wumpus is a yumpus and every yumpus is a zumpus so what is a wumpus".split()
 
@@ -31,10 +31,6 @@ def prompts_for(batch: int) -> list[str]:
     """Mixed lengths, so batches are left-padded as in real runs."""
     return [" ".join(PROMPT_WORDS[: 4 + (i * 5) % 12]) for i in range(batch)]
 
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 @torch.inference_mode()
@@ -56,13 +52,6 @@ def bare_loop(model, tokenizer, prompts, n_new: int) -> None:
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         nxt = nxt + 1
 
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:
