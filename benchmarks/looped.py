@@ -2,6 +2,8 @@
 
     python benchmarks/looped.py --out runs/looped-grid [--steps 3000] [--task addition:n=4,digits=2,reverse=1 --task phop]
     python benchmarks/looped.py --quick --out /tmp/looped-quick      # a smoke run of a few minutes
+    python benchmarks/looped.py --out DIR --cells 2x8,8x1 & python benchmarks/looped.py --out DIR --cells 1x8,2x4 …
+                                                                     # split the grid across processes
 
 A k⊗L model applies one block of k Llama layers L times (effective depth D = k·L). The grid:
 base k⊗1 for k in {1, 2, 4, 8} (plain k-layer models) and looped 1⊗L, 2⊗L for L in {2, 4, 8}.
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--eval-examples", type=int, default=200)
     parser.add_argument("--test-examples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cells", help="train only these cells, e.g. 1x1,2x8 (to split the grid across "
+                        "processes sharing one --out; a later run without --cells collects them all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.quick:
@@ -155,9 +159,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         args.eval_examples, args.test_examples = 20, 50
     tasks = args.task or list(DEFAULT_TASKS)
     args.out.mkdir(parents=True, exist_ok=True)
+    cells = grid(args.quick)
+    if args.cells:
+        wanted = {name.strip() for name in args.cells.split(",")}
+        unknown = wanted - {f"{c.k}x{c.L}" for c in cells}
+        if unknown:
+            parser.error(f"unknown cells {sorted(unknown)}; the grid has {', '.join(f'{c.k}x{c.L}' for c in cells)}")
+        cells = [c for c in cells if f"{c.k}x{c.L}" in wanted]
     rows = []
     for task in tasks:
-        for cell in grid(args.quick):
+        for cell in cells:
             card = train_cell(task, cell, args.out, args)
             rows.append({"task": task, "cell": cell.name, "family": cell.families, "k": cell.k, "L": cell.L,
                          "depth": cell.depth, "params": card["params"], "steps": card["config"]["steps"],

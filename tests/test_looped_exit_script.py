@@ -1,0 +1,43 @@
+"""The helpers of benchmarks/looped_exit.py that turn records into per-token roles and difficulty groups."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "looped_exit.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("looped_exit", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_roles_of_character_tokens(script):
+    pieces = list("Answer: 310") + [""]
+    assert script.roles(pieces) == ["before answer"] * 8 + ["answer[0]", "answer[1]", "answer[2]", "end"]
+
+
+def test_roles_of_word_pieces_put_the_leading_space_with_the_first_digit(script):
+    assert script.roles(["12", "\n", "Answer", ":", " 3", "1", ""]) == [
+        "before answer", "before answer", "before answer", "before answer", "answer[0]", "answer[1]", "end"]
+
+
+def test_roles_use_the_last_answer_prefix_and_need_one(script):
+    assert script.roles(["Answer: 1", "\n", "Answer: ", "2"]) == ["before answer"] * 3 + ["answer[0]"]
+    assert script.roles(["no", " answer"]) == ["before answer"] * 2
+
+
+@pytest.mark.parametrize("question, reverse", [("95 + 07 =", False), ("59 + 70 =", True)])
+def test_carries_count_columns_that_carry(script, question, reverse):
+    # 5 + 7 = 12 carries; 9 + 0 + 1 = 10 carries again
+    assert script._carries(question, reverse) == 2
+    assert script._group("prefix\n" + question, reverse) == "2 carries"
+
+
+def test_carries_of_sums_without_carries_and_of_other_tasks(script):
+    assert script._carries("12 + 30 + 41 =", False) == 0
+    assert script._group("12 + 30 + 41 =", False) == "0 carries"
+    assert script._group("Is Tom a wumpus or a zumpus?", False) == "all"
