@@ -98,6 +98,25 @@ def test_save_and_load_through_auto_classes(tmp_path, tokenizer):
     assert is_looped(loaded.model) and loaded.identity["model_type"] == "looped"
 
 
+def test_learned_positions_are_absolute_and_survive_save_and_load(tmp_path, tokenizer):
+    enc = batch(tokenizer)
+    positions = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+
+    def shift_gap(model):
+        with torch.no_grad():
+            return (model(**enc, position_ids=positions).logits
+                    - model(**enc, position_ids=positions + 7).logits).abs().max().item()
+    rope, learned = looped(tokenizer, "looped:k=2,L=2"), looped(tokenizer, "looped:k=2,L=2,pos=learned")
+    assert shift_gap(rope) < 1e-5   # rotary attention sees only relative positions
+    assert shift_gap(learned) > 1e-2
+    assert sum(p.numel() for p in learned.parameters()) - sum(p.numel() for p in rope.parameters()) == (
+        learned.config.max_position_embeddings * learned.config.hidden_size)
+    learned.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert again.config.positions == "learned"
+    torch.testing.assert_close(logits(again, enc), logits(learned, enc))
+
+
 class WithLooping:
     """A looped model called with fixed ``looping`` (for the cache-free reference decoder)."""
 
@@ -116,7 +135,8 @@ class WithLooping:
     ("looped:k=1,L=2,prelude=1,coda=1,inject=add", LoopConfig(loops=4)),
     ("looped:k=1,L=6,inject=add", LoopConfig(exit="kl", epsilon=1e-2)),
     ("looped:k=1,L=4,inject=concat,prelude=1", LoopConfig(exit="argmax")),
-], ids=["plain", "override-deeper", "kl-exit", "argmax-exit"])
+    ("looped:k=1,L=6,inject=add,pos=learned", LoopConfig(exit="kl", epsilon=1e-2)),
+], ids=["plain", "override-deeper", "kl-exit", "argmax-exit", "learned-positions"])
 def test_cached_decoding_matches_cache_free_recomputation(tokenizer, spec, looping):
     model = looped(tokenizer, spec).double()
     decode = DecodeConfig(max_new_tokens=10, loop=looping)
@@ -187,7 +207,8 @@ def test_loop_settings_appear_in_the_setting_only_when_used():
 def test_arch_specs_and_training_loop_draws():
     assert parse_spec("looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1") == dict(
         block_layers=2, loops=4, prelude=1, coda=1, inject="add", train_loops="uniform", cosine_weight=0.1)
-    for bad in ("looped:k=0", "looped:q=1", "looped:inject=mul", "looped:L=x"):
+    assert parse_spec("looped:pos=learned") == dict(positions="learned")
+    for bad in ("looped:k=0", "looped:q=1", "looped:inject=mul", "looped:L=x", "looped:pos=alibi"):
         with pytest.raises(InputError):
             parse_spec(bad)
     config = LoopedConfig(loops=4, train_loops="uniform")

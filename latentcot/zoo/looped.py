@@ -45,9 +45,10 @@ from latentcot.repeat import CacheSlot, ensure_cache_depth
 
 MODEL_TYPE = "looped"
 INJECTIONS = ("none", "add", "concat")
+POSITIONS = ("rope", "learned")
 TRAIN_LOOPS = ("fixed", "uniform")
 SPEC_KEYS = {"k": "block_layers", "L": "loops", "prelude": "prelude", "coda": "coda", "inject": "inject",
-             "random": "train_loops", "cos": "cosine_weight"}
+             "random": "train_loops", "cos": "cosine_weight", "pos": "positions"}
 
 
 class LoopedConfig(LlamaConfig):
@@ -59,6 +60,8 @@ class LoopedConfig(LlamaConfig):
     inject: str = "none"           # none | add | concat: how the prelude output re-enters each iteration
     train_loops: str = "fixed"     # fixed | uniform: L per training step drawn from {1, ..., 2L-1}
     cosine_weight: float = 0.0     # training: weight of the successive-iteration cosine regulariser
+    positions: str = "rope"        # rope | learned: rotary in every attention, or (as GPT-2) a learned
+    #                                absolute embedding added to the input, which tiny models align digits with faster
 
     def __post_init__(self, **kwargs):
         for name, low in (("block_layers", 1), ("loops", 1), ("prelude", 0), ("coda", 0)):
@@ -67,6 +70,8 @@ class LoopedConfig(LlamaConfig):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.inject not in INJECTIONS:
             raise ValueError(f"unknown inject {self.inject!r}; valid: {', '.join(INJECTIONS)}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; valid: {', '.join(POSITIONS)}")
         if self.train_loops not in TRAIN_LOOPS:
             raise ValueError(f"unknown train_loops {self.train_loops!r}; valid: {', '.join(TRAIN_LOOPS)}")
         if not self.cosine_weight >= 0:
@@ -101,6 +106,8 @@ class LoopedModel(LoopedPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.embed_positions = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
+                                if config.positions == "learned" else None)
         # layer_idx is only a default: every application writes through its own CacheSlot
         self.prelude = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.prelude))
         self.block = nn.ModuleList(LlamaDecoderLayer(config, config.prelude + i) for i in range(config.block_layers))
@@ -142,7 +149,10 @@ class LoopedModel(LoopedPreTrainedModel):
             position_ids = (torch.arange(h.shape[1], device=h.device) + seen)[None]       # (1, T)
         mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=attention_mask,
                                   past_key_values=past_key_values, position_ids=position_ids)
-        cos_sin = self.rotary_emb(h, position_ids=position_ids)
+        cos_sin = self.rotary_emb(h, position_ids=position_ids)          # 2 × (B, T, head_dim)
+        if self.embed_positions is not None:  # absolute positions instead: attention rotates nothing
+            h = h + self.embed_positions(position_ids)
+            cos_sin = (torch.ones_like(cos_sin[0]), torch.zeros_like(cos_sin[1]))
         states = [h] if output_hidden_states else None
 
         def apply(layer: nn.Module, x: torch.Tensor, slot: int) -> torch.Tensor:
@@ -234,7 +244,7 @@ def is_looped(model) -> bool:
 
 
 def parse_spec(spec: str) -> dict:
-    """``looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1`` -> LoopedConfig fields."""
+    """``looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1,pos=learned`` -> LoopedConfig fields."""
     name, _, rest = spec.partition(":")
     if name != MODEL_TYPE:
         raise InputError(f"not a looped architecture spec: {spec!r}")
@@ -249,7 +259,7 @@ def parse_spec(spec: str) -> dict:
                 fields[field] = "uniform" if int(value) else "fixed"
             elif field == "cosine_weight":
                 fields[field] = float(value)
-            elif field == "inject":
+            elif field in ("inject", "positions"):
                 fields[field] = value
             else:
                 fields[field] = int(value)
@@ -257,6 +267,8 @@ def parse_spec(spec: str) -> dict:
             raise InputError(f"bad value {value!r} for {key.strip()} in {spec!r}") from None
     if fields.get("inject", "none") not in INJECTIONS:
         raise InputError(f"unknown inject {fields['inject']!r} in {spec!r}; valid: {', '.join(INJECTIONS)}")
+    if fields.get("positions", "rope") not in POSITIONS:
+        raise InputError(f"unknown pos {fields['positions']!r} in {spec!r}; valid: {', '.join(POSITIONS)}")
     for field in ("block_layers", "loops"):
         if fields.get(field, 1) < 1:
             raise InputError(f"{field} must be >= 1 in {spec!r}")
