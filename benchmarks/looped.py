@@ -72,8 +72,9 @@ def train_cell(task: str, cell: Cell, root: Path, args) -> dict:
     out = root / "models" / slug(task) / f"{cell.k}x{cell.L}"
     if (out / "card.json").is_file():
         return json.loads((out / "card.json").read_text())
-    cfg = TrainConfig(task=task, method="nocot", arch=f"looped:k={cell.k},L={cell.L}", hidden=args.hidden,
-                      heads=args.heads, lr=args.lr, batch_size=args.batch_size, steps=args.steps,
+    arch = f"looped:k={cell.k},L={cell.L},pos={args.positions}"
+    cfg = TrainConfig(task=task, method="nocot", arch=arch, hidden=args.hidden, heads=args.heads, lr=args.lr,
+                      batch_size=args.batch_size, steps=args.steps,
                       warmup=min(100, args.steps // 10), decay="cosine", seed=args.seed, eval_every=args.steps,
                       eval_examples=args.eval_examples, test_examples=args.test_examples)
     resume = (out / "checkpoint.pt").is_file()
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--positions", choices=("learned", "rope"), default="learned",
+                        help="learned absolute positions (default: with rotary ones, 1-, 2- and 4-layer models all "
+                             "stayed at 1 %% on 4×2-digit addition after 3000 steps) or rope")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-examples", type=int, default=200)
     parser.add_argument("--test-examples", type=int, default=500)
