@@ -272,7 +272,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model directory (default $LATENTCOT_HOME/models/<task>-<method>)."),
     init: Optional[Path] = typer.Option(None, "--init", help="coconut: the cot model directory to start from."),
     steps: int = typer.Option(3000, "--steps", help="Optimizer steps (coconut: per curriculum stage)."),
-    arch: str = typer.Option("llama", help="gpt2 | llama | qwen2 | looped:k=K,L=L[,prelude=P,coda=C,inject=add,random=1,cos=W] (new models only)."),
+    arch: str = typer.Option("llama", help="gpt2 | llama | qwen2 | looped:k=K,L=L[,prelude=P,coda=C,inject=add,random=1,cos=W,pos=learned] (new models only)."),
     hidden: int = typer.Option(128, help="Model width."),
     layers: int = typer.Option(4, help="Transformer layers."),
     heads: int = typer.Option(4, help="Attention heads."),

@@ -56,7 +56,7 @@ def tiny_config(arch: str, vocab_size: int, *, hidden: int = 64, layers: int = 2
                 eos_id: int = 3):
     """An HF config of ``arch`` at toy size. head_dim = hidden / heads (vLLM's CPU backend needs >= 32).
 
-    ``arch`` may also be a looped spec, ``looped:k=2,L=4[,prelude=1,coda=1,inject=add,random=1,cos=0.1]``
+    ``arch`` may also be a looped spec, ``looped:k=2,L=4[,prelude=1,coda=1,inject=add,random=1,cos=0.1,pos=learned]``
     (see latentcot.zoo.looped); ``layers`` is then ignored: the spec gives the depth."""
     if arch.partition(":")[0] == "looped":
         from latentcot.zoo.looped import LoopedConfig, parse_spec
