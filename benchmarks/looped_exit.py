@@ -12,7 +12,8 @@ Writes to --out:
   settings.csv       per setting: accuracy (Wilson 95 % CI), mean loops per generated token and per
                      answer token, tokens
   loops_by_group.csv per (setting, group): examples, accuracy, mean loops per token — the group is
-                     the number of carries for addition tasks (more carries: a harder sum), else "all"
+                     the total carried over the digit columns for addition tasks (a harder sum carries
+                     more; with two operands it is the number of carries), else "all"
   loops_by_role.csv  per (setting, role): mean loops of the tokens before the answer, of each
                      answer character (answer[0], answer[1], …) and of the end of the sequence
   results.md         those tables
@@ -81,7 +82,7 @@ def collect(args, settings: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.Data
         s["group"] = [_group(q, reverse) for q in s["prompt"]]
         t = t.merge(s[["example_id", "group", "correct"]], on="example_id")
         t["role"] = [r for _, g in t.groupby("example_id", sort=False)
-                     for r in roles([tokenizer.decode([int(i)]) for i in g["token_id"]])]
+                     for r in roles([tokenizer.decode([int(i)], skip_special_tokens=True) for i in g["token_id"]])]
         samples.append(s)
         steps.append(t)
     return pd.concat(samples, ignore_index=True), pd.concat(steps, ignore_index=True)
@@ -89,19 +90,20 @@ def collect(args, settings: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.Data
 
 def _group(prompt: str, reverse: bool) -> str:
     question = prompt.strip().splitlines()[-1] if prompt.strip() else prompt
-    count = _carries(question, reverse)
-    return "all" if count is None else f"{count} carr{'y' if count == 1 else 'ies'}"
+    carried = _carried(question, reverse)
+    return "all" if carried is None else f"carried {carried}"
 
 
-def _carries(question: str, reverse: bool) -> int | None:
+def _carried(question: str, reverse: bool) -> int | None:
+    """Sum of the carries out of every digit column of an addition question (None: not one)."""
     operands = re.findall(r"\d+", question)
     if "+" not in question or len(operands) < 2 or len({len(x) for x in operands}) != 1:
         return None
-    count, carry = 0, 0
+    total, carry = 0, 0
     for column in zip(*(x if reverse else x[::-1] for x in operands)):  # least-significant column first
         carry = (sum(int(d) for d in column) + carry) // 10
-        count += carry > 0
-    return count
+        total += carry
+    return total
 
 
 def tables(samples: pd.DataFrame, steps: pd.DataFrame, order: list[str]) -> dict[str, pd.DataFrame]:

@@ -31,13 +31,13 @@ def test_roles_use_the_last_answer_prefix_and_need_one(script):
 
 
 @pytest.mark.parametrize("question, reverse", [("95 + 07 =", False), ("59 + 70 =", True)])
-def test_carries_count_columns_that_carry(script, question, reverse):
-    # 5 + 7 = 12 carries; 9 + 0 + 1 = 10 carries again
-    assert script._carries(question, reverse) == 2
-    assert script._group("prefix\n" + question, reverse) == "2 carries"
+def test_carried_adds_the_carries_out_of_every_column(script, question, reverse):
+    # 5 + 7 = 12 carries 1; 9 + 0 + 1 = 10 carries 1 again
+    assert script._carried(question, reverse) == 2
+    assert script._group("prefix\n" + question, reverse) == "carried 2"
 
 
-def test_carries_of_sums_without_carries_and_of_other_tasks(script):
-    assert script._carries("12 + 30 + 41 =", False) == 0
-    assert script._group("12 + 30 + 41 =", False) == "0 carries"
+def test_carried_counts_the_size_of_carries_and_knows_other_tasks(script):
+    assert script._carried("12 + 30 + 41 =", False) == 0
+    assert script._carried("99 + 99 + 99 + 99 =", False) == 6   # units 36 carry 3; tens 36 + 3 = 39 carry 3
     assert script._group("Is Tom a wumpus or a zumpus?", False) == "all"
