@@ -17,7 +17,7 @@ Writes to --out:
   loops_by_role.csv  per (setting, role): mean loops of the tokens before the answer, of each
                      answer character (answer[0], answer[1], …) and of the end of the sequence
   results.md         those tables
-  exit.png           accuracy vs mean loops per token; loops distribution per group for each exit rule
+  exit.png           accuracy vs mean loops per token; loops distribution per token role for each exit rule
 """
 from __future__ import annotations
 
@@ -145,16 +145,16 @@ def plot(out: dict[str, pd.DataFrame], steps: pd.DataFrame, exits: list[str], pa
     ax.set_ylabel("test accuracy")
     ax.set_ylim(-0.03, 1.03)
     ax.legend(fontsize=7)
-    for ax, name in zip(axes[0][1:], exits):
+    for ax, name in zip(axes[0][1:], exits):  # by token role: where the exit spends its loops
         part = steps[steps["setting"] == name]
-        groups = sorted(part["group"].unique())
+        names = sorted(part["role"].unique())
         top = int(part["loops"].max())
-        width = 0.8 / max(len(groups), 1)
-        for i, group in enumerate(groups):
-            loops = part.loc[part["group"] == group, "loops"].astype(int)
+        width = 0.8 / max(len(names), 1)
+        for i, role in enumerate(names):
+            loops = part.loc[part["role"] == role, "loops"].astype(int)
             share = loops.value_counts(normalize=True).reindex(range(1, top + 1), fill_value=0)
-            ax.bar(np.arange(1, top + 1) + (i - (len(groups) - 1) / 2) * width, share, width,
-                   label=f"{group} (mean {loops.mean():.2f})")
+            ax.bar(np.arange(1, top + 1) + (i - (len(names) - 1) / 2) * width, share, width,
+                   label=f"{role} (mean {loops.mean():.2f})")
         ax.set_xlabel("loops used")
         ax.set_ylabel("share of tokens")
         ax.set_title(name, fontsize=9)
