@@ -14,8 +14,9 @@ Writes to --out:
   loops_by_group.csv per (setting, group): examples, accuracy, mean loops per token — the group is
                      the total carried over the digit columns for addition tasks (a harder sum carries
                      more; with two operands it is the number of carries), else "all"
-  loops_by_role.csv  per (setting, role): mean loops of the tokens before the answer, of each
-                     answer character (answer[0], answer[1], …) and of the end of the sequence
+  loops_by_role.csv  per (setting, role): mean loops and entropy of the tokens before the answer, of
+                     each answer character (answer[0], answer[1], …; with the share that matches the
+                     gold answer) and of the end of the sequence
   results.md         those tables
   exit.png           accuracy vs mean loops per token; loops distribution per token role for each exit rule
 """
@@ -69,6 +70,14 @@ def roles(token_texts: list[str]) -> list[str]:
     return out
 
 
+def token_correct(role: str, text: str, answer: str) -> float:
+    """1.0 / 0.0: an answer token matches the gold answer at its offset; NaN for other tokens."""
+    if not role.startswith("answer["):
+        return float("nan")
+    offset, piece = int(role[len("answer["):-1]), text.strip()
+    return float(piece == answer[offset:offset + len(piece)])
+
+
 def collect(args, settings: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Samples and steps of every setting, with ``group`` per sample and ``role`` per step."""
     from transformers import AutoTokenizer
@@ -80,9 +89,10 @@ def collect(args, settings: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.Data
         run = load_run(run_setting(args, name, options))
         s, t = run.samples.assign(setting=name), run.steps.assign(setting=name)
         s["group"] = [_group(q, reverse) for q in s["prompt"]]
-        t = t.merge(s[["example_id", "group", "correct"]], on="example_id")
-        t["role"] = [r for _, g in t.groupby("example_id", sort=False)
-                     for r in roles([tokenizer.decode([int(i)], skip_special_tokens=True) for i in g["token_id"]])]
+        t = t.merge(s[["example_id", "group", "answer"]], on="example_id")
+        t["text"] = [tokenizer.decode([int(i)], skip_special_tokens=True) for i in t["token_id"]]
+        t["role"] = [r for _, g in t.groupby("example_id", sort=False) for r in roles(list(g["text"]))]
+        t["token_correct"] = [token_correct(*row) for row in t[["role", "text", "answer"]].itertuples(index=False)]
         samples.append(s)
         steps.append(t)
     return pd.concat(samples, ignore_index=True), pd.concat(steps, ignore_index=True)
@@ -119,8 +129,9 @@ def tables(samples: pd.DataFrame, steps: pd.DataFrame, order: list[str]) -> dict
     settings["tokens"] = steps.groupby("setting").size()
     by_group = samples.groupby(["setting", "group"], sort=False).apply(accuracy, include_groups=False)
     by_group["loops_per_token"] = steps.groupby(["setting", "group"])["loops"].mean()
-    by_role = steps.groupby(["setting", "role"])["loops"].agg(["size", "mean"]).rename(
-        columns={"size": "tokens", "mean": "loops_per_token"})
+    by_role = steps.groupby(["setting", "role"]).agg(
+        tokens=("loops", "size"), loops_per_token=("loops", "mean"), entropy=("entropy", "mean"),
+        token_accuracy=("token_correct", "mean"))
     rank = {name: i for i, name in enumerate(order)}
     return {name: frame.reset_index().sort_values("setting", key=lambda c: c.map(rank), kind="stable")
             for name, frame in (("settings", settings), ("loops_by_group", by_group), ("loops_by_role", by_role))}

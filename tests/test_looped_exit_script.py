@@ -41,3 +41,10 @@ def test_carried_counts_the_size_of_carries_and_knows_other_tasks(script):
     assert script._carried("12 + 30 + 41 =", False) == 0
     assert script._carried("99 + 99 + 99 + 99 =", False) == 6   # units 36 carry 3; tens 36 + 3 = 39 carry 3
     assert script._group("Is Tom a wumpus or a zumpus?", False) == "all"
+
+
+def test_answer_tokens_are_checked_at_their_offset(script):
+    assert script.token_correct("answer[1]", "0", "203") == 1.0
+    assert script.token_correct("answer[0]", " 2", "203") == 1.0   # a word piece with its leading space
+    assert script.token_correct("answer[2]", "9", "203") == 0.0
+    assert script.token_correct("before answer", "A", "203") != script.token_correct("before answer", "A", "203")
