@@ -78,6 +78,13 @@ def token_correct(role: str, text: str, answer: str) -> float:
     return float(piece == answer[offset:offset + len(piece)])
 
 
+def past_answer(role: str, answer: str) -> str:
+    """Tokens written after as many characters as the gold answer has become one role, "past answer"."""
+    if role.startswith("answer[") and int(role[len("answer["):-1]) >= len(answer):
+        return "past answer"
+    return role
+
+
 def collect(args, settings: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Samples and steps of every setting, with ``group`` per sample and ``role`` per step."""
     from transformers import AutoTokenizer
@@ -93,6 +100,7 @@ def collect(args, settings: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.Data
         t["text"] = [tokenizer.decode([int(i)], skip_special_tokens=True) for i in t["token_id"]]
         t["role"] = [r for _, g in t.groupby("example_id", sort=False) for r in roles(list(g["text"]))]
         t["token_correct"] = [token_correct(*row) for row in t[["role", "text", "answer"]].itertuples(index=False)]
+        t["role"] = [past_answer(*row) for row in t[["role", "answer"]].itertuples(index=False)]
         samples.append(s)
         steps.append(t)
     return pd.concat(samples, ignore_index=True), pd.concat(steps, ignore_index=True)

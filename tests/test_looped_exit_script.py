@@ -48,3 +48,9 @@ def test_answer_tokens_are_checked_at_their_offset(script):
     assert script.token_correct("answer[0]", " 2", "203") == 1.0   # a word piece with its leading space
     assert script.token_correct("answer[2]", "9", "203") == 0.0
     assert script.token_correct("before answer", "A", "203") != script.token_correct("before answer", "A", "203")
+
+
+def test_tokens_beyond_the_gold_answer_length_share_one_role(script):
+    assert script.past_answer("answer[2]", "203") == "answer[2]"
+    assert script.past_answer("answer[3]", "203") == "past answer"
+    assert script.past_answer("before answer", "203") == "before answer"
