@@ -12,7 +12,8 @@ step, so a wall-clock budget would favour shallow models), without chain of thou
 answer, the "nocot" layout), then is scored greedily on the test split.
 
 Writes to --out:
-  results.csv       one row per (task, cell): k, L, depth, params, steps, seconds, accuracy
+  results.csv       one row per (task, cell): k, L, depth, params, steps, seconds, accuracy and
+                    answer_characters (share of test answers right at each character position)
                     (seconds: wall-clock training time including the final validation check;
                     compare it only between cells trained on an otherwise idle machine)
   fits.csv          per (task, family) the least-squares fit accuracy ≈ α·ln D + β
@@ -81,6 +82,45 @@ def train_cell(task: str, cell: Cell, root: Path, args) -> dict:
     return train(cfg, out, resume=resume, argv=["benchmarks/looped.py", task, cell.name], progress=not args.quiet)
 
 
+def answer_characters(model_dir: Path, card: dict) -> list[float]:
+    """Share of test answers right at each character position (greedy, the card's test examples):
+    exact match hides a model that gets every digit but one. Cached in the cell's folder."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from latentcot.config import DecodeConfig
+    from latentcot.engine import Engine
+    from latentcot.gates import TokenGate
+    from latentcot.latent import HiddenLatent
+    from latentcot.tasks import load_task
+    from latentcot.zoo.data import ANSWER_PREFIX, PROMPT_FILE
+
+    cached = model_dir / "answer_characters.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    task = load_task(card["task"], str(model_dir / PROMPT_FILE))
+    examples = task.examples("test", card["test_examples"], card["config"]["seed"])
+    width = max(len(e.answer) for e in examples)
+    engine, right = Engine(model, tokenizer), np.zeros(width)
+    longest = max(len(tokenizer(f"{ANSWER_PREFIX} {e.answer}")["input_ids"]) for e in examples)
+    decode = DecodeConfig(max_new_tokens=longest + 8, stop=task.stop)  # the grid trains question → answer
+    for start in range(0, len(examples), 100):
+        chunk = examples[start:start + 100]
+        for example, trace in zip(chunk, engine.generate([task.prompt(e) for e in chunk], TokenGate(),
+                                                         HiddenLatent(), decode, seed=0)):
+            predicted = task.extract(trace.completion).prediction or ""
+            right += [i < len(predicted) and predicted[i] == example.answer[i] if i < len(example.answer) else 0
+                      for i in range(width)]
+    shares = (right / len(examples)).round(4).tolist()
+    cached.write_text(json.dumps(shares))
+    return shares
+
+
 def fit(rows: pd.DataFrame) -> pd.DataFrame:
     """accuracy ≈ α·ln(D) + β per (task, family), least squares over the family's cells."""
     fits = []
@@ -98,9 +138,11 @@ def markdown(rows: pd.DataFrame, fits: pd.DataFrame) -> str:
     lines = ["| cell | D | params | " + " | ".join(tasks) + " |", "|---|---|---|" + "---|" * len(tasks)]
     for name, group in rows.groupby("cell", sort=False):
         first = group.iloc[0]
-        by_task = {r.task: f"{r.accuracy:.1%} ({r.steps} steps, {r.seconds:.0f} s)" for r in group.itertuples()}
+        by_task = {r.task: f"{r.accuracy:.1%} [{' '.join(f'{c:.0%}' for c in r.answer_characters)}] "
+                           f"({r.steps} steps, {r.seconds:.0f} s)" for r in group.itertuples()}
         lines.append(f"| {name} | {first.depth} | {first.params:,} | " + " | ".join(by_task.get(t, "-") for t in tasks) + " |")
-    lines += ["", "Fits accuracy ≈ α·ln D + β:", "", "| task | family | α | β | points |", "|---|---|---|---|---|"]
+    lines += ["", "Each cell: exact-match test accuracy [share right at each answer character], training budget.",
+              "", "Fits accuracy ≈ α·ln D + β:", "", "| task | family | α | β | points |", "|---|---|---|---|---|"]
     lines += [f"| {f.task} | {f.family} | {f.alpha:.3f} | {f.beta:.3f} | {f.points} |" for f in fits.itertuples()]
     return "\n".join(lines) + "\n"
 
@@ -174,10 +216,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for task in tasks:
         for cell in cells:
             card = train_cell(task, cell, args.out, args)
+            characters = answer_characters(args.out / "models" / slug(task) / f"{cell.k}x{cell.L}", card)
             rows.append({"task": task, "cell": cell.name, "family": cell.families, "k": cell.k, "L": cell.L,
                          "depth": cell.depth, "params": card["params"], "steps": card["config"]["steps"],
                          "seconds": card["train_seconds"], "accuracy": card["test_accuracy"],
-                         "test_examples": card["test_examples"]})
+                         "test_examples": card["test_examples"], "answer_characters": characters})
             print(f"{task} {cell.name}: accuracy {card['test_accuracy']:.1%} after {card['config']['steps']} steps "
                   f"({card['train_seconds']:.0f} s)", flush=True)
     table = pd.DataFrame(rows)
