@@ -256,6 +256,20 @@ def test_cli_records_loops_per_step_and_refuses_them_on_plain_models(tmp_path, t
     assert err.count("\n") == 0 and "looped model" in err and not refused.exists()
 
 
+def test_a_report_reads_a_looped_models_tokenizer_without_config_warnings(tmp_path, tokenizer):
+    """analysis loads the run's tokenizer for its traces in a process that never imported the zoo."""
+    import subprocess
+    import sys
+
+    looped(tokenizer, "looped:k=1,L=2").save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    code = ("from analysis.report import token_decoder; "
+            f"decode = token_decoder({{'model': {{'source': {str(tmp_path)!r}}}}}); print(decode(5))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == tokenizer.decode([5])
+    assert "model of type" not in done.stderr
+
+
 def test_train_a_looped_arch_through_the_cli(tmp_path, capsys):
     out, spec = tmp_path / "model", "looped:k=1,L=2,prelude=1,random=1,cos=0.1"
     assert cli("train", "--task", "addition:n=2,digits=1,reverse=1", "--method", "nocot", "--arch", spec,
