@@ -70,19 +70,21 @@ def roles(token_texts: list[str]) -> list[str]:
     return out
 
 
+def _offset(role: str) -> int | None:
+    """i of an "answer[i]" role, None for the others."""
+    return int(role[len("answer["):-1]) if role.startswith("answer[") else None
+
+
 def token_correct(role: str, text: str, answer: str) -> float:
     """1.0 / 0.0: an answer token matches the gold answer at its offset; NaN for other tokens."""
-    if not role.startswith("answer["):
-        return float("nan")
-    offset, piece = int(role[len("answer["):-1]), text.strip()
-    return float(piece == answer[offset:offset + len(piece)])
+    offset, piece = _offset(role), text.strip()
+    return float("nan") if offset is None else float(piece == answer[offset:offset + len(piece)])
 
 
 def past_answer(role: str, answer: str) -> str:
     """Tokens written after as many characters as the gold answer has become one role, "past answer"."""
-    if role.startswith("answer[") and int(role[len("answer["):-1]) >= len(answer):
-        return "past answer"
-    return role
+    offset = _offset(role)
+    return "past answer" if offset is not None and offset >= len(answer) else role
 
 
 def collect(args, settings: dict[str, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
