@@ -47,6 +47,11 @@ class Cell:
         return f"{self.k}⊗{self.L}"
 
     @property
+    def folder(self) -> str:
+        """ASCII name, for folders and --cells: ``2x4``."""
+        return f"{self.k}x{self.L}"
+
+    @property
     def depth(self) -> int:
         return self.k * self.L
 
@@ -66,11 +71,15 @@ def slug(task: str) -> str:
     return task.replace(":", "-").replace("=", "").replace(",", "-")
 
 
+def cell_dir(root: Path, task: str, cell: Cell) -> Path:
+    return root / "models" / slug(task) / cell.folder
+
+
 def train_cell(task: str, cell: Cell, root: Path, args) -> dict:
     """Train one cell (or reuse a finished one); returns its card."""
     import json
 
-    out = root / "models" / slug(task) / f"{cell.k}x{cell.L}"
+    out = cell_dir(root, task, cell)
     if (out / "card.json").is_file():
         return json.loads((out / "card.json").read_text())
     arch = f"looped:k={cell.k},L={cell.L},pos={args.positions}"
@@ -208,15 +217,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     cells = grid(args.quick)
     if args.cells:
         wanted = {name.strip() for name in args.cells.split(",")}
-        unknown = wanted - {f"{c.k}x{c.L}" for c in cells}
+        unknown = wanted - {c.folder for c in cells}
         if unknown:
-            parser.error(f"unknown cells {sorted(unknown)}; the grid has {', '.join(f'{c.k}x{c.L}' for c in cells)}")
-        cells = [c for c in cells if f"{c.k}x{c.L}" in wanted]
+            parser.error(f"unknown cells {sorted(unknown)}; the grid has {', '.join(c.folder for c in cells)}")
+        cells = [c for c in cells if c.folder in wanted]
     rows = []
     for task in tasks:
         for cell in cells:
             card = train_cell(task, cell, args.out, args)
-            characters = answer_characters(args.out / "models" / slug(task) / f"{cell.k}x{cell.L}", card)
+            characters = answer_characters(cell_dir(args.out, task, cell), card)
             rows.append({"task": task, "cell": cell.name, "family": cell.families, "k": cell.k, "L": cell.L,
                          "depth": cell.depth, "params": card["params"], "steps": card["config"]["steps"],
                          "seconds": card["train_seconds"], "accuracy": card["test_accuracy"],
