@@ -19,7 +19,8 @@ Writes to --out:
   fits.csv          per (task, family) the least-squares fit accuracy ≈ α·ln D + β
   results.md        the accuracy table (each cell: accuracy, steps, seconds) and the fits
   accuracy_vs_depth.png
-  models/<task>/<k>x<L>/   the trained models (a cell with a card.json is reused: the grid resumes)
+  models/<task>/<k>x<L>/   the trained models (a cell with a card.json is reused: the grid resumes),
+                    each with its train_log.jsonl (a validation row every --eval-every steps)
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def train_cell(task: str, cell: Cell, root: Path, args) -> dict:
     arch = f"looped:k={cell.k},L={cell.L},pos={args.positions}"
     cfg = TrainConfig(task=task, method="nocot", arch=arch, hidden=args.hidden, heads=args.heads, lr=args.lr,
                       batch_size=args.batch_size, steps=args.steps,
-                      warmup=min(100, args.steps // 10), decay="cosine", seed=args.seed, eval_every=args.steps,
+                      warmup=min(100, args.steps // 10), decay="cosine", seed=args.seed, eval_every=args.eval_every or args.steps,
                       eval_examples=args.eval_examples, test_examples=args.test_examples)
     resume = (out / "checkpoint.pt").is_file()
     return train(cfg, out, resume=resume, argv=["benchmarks/looped.py", task, cell.name], progress=not args.quiet)
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         help="learned absolute positions (default: with rotary ones, 1-, 2- and 4-layer models all "
                              "stayed at 1 %% on 4×2-digit addition after 3000 steps) or rope")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, help="validation check every N steps, a learning curve in each "
+                        "cell's train_log.jsonl (default: once, at the end)")
     parser.add_argument("--eval-examples", type=int, default=200)
     parser.add_argument("--test-examples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
