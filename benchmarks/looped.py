@@ -19,6 +19,7 @@ Writes to --out:
   fits.csv          per (task, family) the least-squares fit accuracy ≈ α·ln D + β
   results.md        the accuracy table (each cell: accuracy, steps, seconds) and the fits
   accuracy_vs_depth.png
+  learning_curves.png  validation accuracy against step, one line per cell (with --eval-every)
   models/<task>/<k>x<L>/   the trained models (a cell with a card.json is reused: the grid resumes),
                     each with its train_log.jsonl (a validation row every --eval-every steps)
 """
@@ -131,6 +132,19 @@ def answer_characters(model_dir: Path, card: dict) -> list[float]:
     return shares
 
 
+def learning_curve(model_dir: Path) -> pd.DataFrame:
+    """The cell's validation checks (step, valid_accuracy) from its train_log.jsonl."""
+    path = model_dir / "train_log.jsonl"
+    rows = pd.read_json(path, lines=True) if path.is_file() and path.stat().st_size else pd.DataFrame()
+    return rows[["step", "valid_accuracy"]] if not rows.empty else pd.DataFrame(columns=["step", "valid_accuracy"])
+
+
+def first_step_reaching(curve: pd.DataFrame, level: float) -> int | None:
+    """The first validation step at or above ``level`` (None if never): when a cell broke through."""
+    reached = curve[curve["valid_accuracy"] >= level]
+    return int(reached["step"].min()) if not reached.empty else None
+
+
 def fit(rows: pd.DataFrame) -> pd.DataFrame:
     """accuracy ≈ α·ln(D) + β per (task, family), least squares over the family's cells."""
     fits = []
@@ -149,12 +163,39 @@ def markdown(rows: pd.DataFrame, fits: pd.DataFrame) -> str:
     for name, group in rows.groupby("cell", sort=False):
         first = group.iloc[0]
         by_task = {r.task: f"{r.accuracy:.1%} [{' '.join(f'{c:.0%}' for c in r.answer_characters)}] "
-                           f"({r.steps} steps, {r.seconds:.0f} s)" for r in group.itertuples()}
+                           f"({r.steps} steps, {r.seconds:.0f} s{reached(r.steps_to_half)})" for r in group.itertuples()}
         lines.append(f"| {name} | {first.depth} | {first.params:,} | " + " | ".join(by_task.get(t, "-") for t in tasks) + " |")
-    lines += ["", "Each cell: exact-match test accuracy [share right at each answer character], training budget.",
+    lines += ["", "Each cell: exact-match test accuracy [share right at each answer character], training budget "
+              "(and the first validation check at >= 50 %, if any).",
               "", "Fits accuracy ≈ α·ln D + β:", "", "| task | family | α | β | points |", "|---|---|---|---|---|"]
     lines += [f"| {f.task} | {f.family} | {f.alpha:.3f} | {f.beta:.3f} | {f.points} |" for f in fits.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def reached(step) -> str:
+    return "" if pd.isna(step) else f", 50 % at step {int(step)}"
+
+
+def plot_curves(curves: dict[tuple[str, str], pd.DataFrame], path: Path) -> None:
+    """Validation accuracy against step, one line per cell, one panel per task."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(task for task, _ in curves))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for (curve_task, cell), curve in curves.items():
+            if curve_task == task and not curve.empty:
+                ax.plot(curve["step"], curve["valid_accuracy"], marker=".", label=cell)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(task, fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot(rows: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
@@ -224,15 +265,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if unknown:
             parser.error(f"unknown cells {sorted(unknown)}; the grid has {', '.join(c.folder for c in cells)}")
         cells = [c for c in cells if c.folder in wanted]
-    rows = []
+    rows, curves = [], {}
     for task in tasks:
         for cell in cells:
             card = train_cell(task, cell, args.out, args)
             characters = answer_characters(cell_dir(args.out, task, cell), card)
+            curves[task, cell.name] = learning_curve(cell_dir(args.out, task, cell))
             rows.append({"task": task, "cell": cell.name, "family": cell.families, "k": cell.k, "L": cell.L,
                          "depth": cell.depth, "params": card["params"], "steps": card["config"]["steps"],
                          "seconds": card["train_seconds"], "accuracy": card["test_accuracy"],
-                         "test_examples": card["test_examples"], "answer_characters": characters})
+                         "test_examples": card["test_examples"], "answer_characters": characters,
+                         "steps_to_half": first_step_reaching(curves[task, cell.name], 0.5)})
             print(f"{task} {cell.name}: accuracy {card['test_accuracy']:.1%} after {card['config']['steps']} steps "
                   f"({card['train_seconds']:.0f} s)", flush=True)
     table = pd.DataFrame(rows)
@@ -241,6 +284,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     fits.to_csv(args.out / "fits.csv", index=False)
     (args.out / "results.md").write_text(markdown(table, fits), encoding="utf-8")
     plot(table, fits, args.out / "accuracy_vs_depth.png")
+    plot_curves(curves, args.out / "learning_curves.png")
     print(markdown(table, fits))
     return table
 
