@@ -65,3 +65,28 @@ def test_markdown_names_every_cell_with_its_budget_and_breakthrough(script):
     text = script.markdown(rows, pd.DataFrame(columns=["task", "family", "alpha", "beta", "points"]))
     assert "| 1⊗1 | 1 | 1,000 | 25.0% [50% 100%] (6000 steps, 12 s) |" in text
     assert "| 1⊗2 | 2 | 1,000 | 90.0% [90% 100%] (6000 steps, 20 s, 50 % at step 2500) |" in text
+
+
+@pytest.fixture(scope="module")
+def domains():
+    path = SCRIPT.with_name("looped_domains.py")
+    spec = importlib.util.spec_from_file_location("looped_domains", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loops_by_domain_keeps_domains_and_settings_apart(domains):
+    samples = pd.DataFrame({"domain": ["arithmetic", "arithmetic", "planning", "planning"],
+                            "setting_id": ["token-loops8-kl0.0005"] * 4, "correct": [True, False, True, True]})
+    steps = pd.DataFrame({"domain": ["arithmetic"] * 3 + ["planning"] * 2,
+                          "setting_id": ["token-loops8-kl0.0005"] * 5, "loops": [2, 2, 5, 8, 6]})
+    table = domains.by_domain(samples, steps).set_index("domain")
+    assert table.loc["arithmetic", ["examples", "accuracy", "tokens", "mean", "max"]].tolist() == [2, 0.5, 3, 3.0, 5]
+    assert table.loc["planning", ["examples", "accuracy", "tokens", "mean", "max"]].tolist() == [2, 1.0, 2, 7.0, 8]
+
+
+def test_loops_by_domain_needs_runs(domains, tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit, match="no run directories"):
+        domains.load([tmp_path])
