@@ -85,7 +85,8 @@ def train_cell(task: str, cell: Cell, root: Path, args) -> dict:
     if (out / "card.json").is_file():
         return json.loads((out / "card.json").read_text())
     arch = f"looped:k={cell.k},L={cell.L},pos={args.positions}"
-    cfg = TrainConfig(task=task, method="nocot", arch=arch, hidden=args.hidden, heads=args.heads, lr=args.lr,
+    lr = args.lr * cell.L ** -args.loop_lr_exponent
+    cfg = TrainConfig(task=task, method="nocot", arch=arch, hidden=args.hidden, heads=args.heads, lr=lr,
                       batch_size=args.batch_size, steps=args.steps,
                       warmup=min(100, args.steps // 10), decay="cosine", seed=args.seed, eval_every=args.eval_every or args.steps,
                       eval_examples=args.eval_examples, test_examples=args.test_examples)
@@ -163,7 +164,7 @@ def markdown(rows: pd.DataFrame, fits: pd.DataFrame) -> str:
     for name, group in rows.groupby("cell", sort=False):
         first = group.iloc[0]
         by_task = {r.task: f"{r.accuracy:.1%} [{' '.join(f'{c:.0%}' for c in r.answer_characters)}] "
-                           f"({r.steps} steps, {r.seconds:.0f} s{reached(r.steps_to_half)})" for r in group.itertuples()}
+                           f"({r.steps} steps at lr {r.lr:.2g}, {r.seconds:.0f} s{reached(r.steps_to_half)})" for r in group.itertuples()}
         lines.append(f"| {name} | {first.depth} | {first.params:,} | " + " | ".join(by_task.get(t, "-") for t in tasks) + " |")
     lines += ["", "Each cell: exact-match test accuracy [share right at each answer character], training budget "
               "(and the first validation check at >= 50 %, if any).",
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--loop-lr-exponent", type=float, default=0.0,
+                        help="train a cell looped L times at lr · L^-p (default p = 0: one lr for all; p = 1 "
+                        "compensates for a shared block whose every update acts L times)")
     parser.add_argument("--positions", choices=("learned", "rope"), default="learned",
                         help="learned absolute positions (default: with rotary ones, 1-, 2- and 4-layer models all "
                              "stayed at 1 %% on 4×2-digit addition after 3000 steps) or rope")
@@ -273,6 +277,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             curves[task, cell.name] = learning_curve(cell_dir(args.out, task, cell))
             rows.append({"task": task, "cell": cell.name, "family": cell.families, "k": cell.k, "L": cell.L,
                          "depth": cell.depth, "params": card["params"], "steps": card["config"]["steps"],
+                         "lr": card["config"]["lr"],
                          "seconds": card["train_seconds"], "accuracy": card["test_accuracy"],
                          "test_examples": card["test_examples"], "answer_characters": characters,
                          "steps_to_half": first_step_reaching(curves[task, cell.name], 0.5)})

@@ -58,13 +58,13 @@ def test_fit_recovers_a_known_log_law_per_family(script):
 
 def test_markdown_names_every_cell_with_its_budget_and_breakthrough(script):
     rows = pd.DataFrame([
-        {"task": "t", "cell": "1⊗1", "depth": 1, "params": 1000, "steps": 6000, "seconds": 12.0, "accuracy": 0.25,
+        {"task": "t", "cell": "1⊗1", "depth": 1, "params": 1000, "steps": 6000, "lr": 3e-3, "seconds": 12.0, "accuracy": 0.25,
          "answer_characters": [0.5, 1.0], "steps_to_half": None},
-        {"task": "t", "cell": "1⊗2", "depth": 2, "params": 1000, "steps": 6000, "seconds": 20.0, "accuracy": 0.9,
+        {"task": "t", "cell": "1⊗2", "depth": 2, "params": 1000, "steps": 6000, "lr": 1.5e-3, "seconds": 20.0, "accuracy": 0.9,
          "answer_characters": [0.9, 1.0], "steps_to_half": 2500.0}])
     text = script.markdown(rows, pd.DataFrame(columns=["task", "family", "alpha", "beta", "points"]))
-    assert "| 1⊗1 | 1 | 1,000 | 25.0% [50% 100%] (6000 steps, 12 s) |" in text
-    assert "| 1⊗2 | 2 | 1,000 | 90.0% [90% 100%] (6000 steps, 20 s, 50 % at step 2500) |" in text
+    assert "| 1⊗1 | 1 | 1,000 | 25.0% [50% 100%] (6000 steps at lr 0.003, 12 s) |" in text
+    assert "| 1⊗2 | 2 | 1,000 | 90.0% [90% 100%] (6000 steps at lr 0.0015, 20 s, 50 % at step 2500) |" in text
 
 
 @pytest.fixture(scope="module")
