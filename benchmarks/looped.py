@@ -13,7 +13,8 @@ answer, the "nocot" layout), then is scored greedily on the test split.
 
 Writes to --out:
   results.csv       one row per (task, cell): k, L, depth, params, steps, seconds, accuracy and
-                    answer_characters (share of test answers right at each character position)
+                    answer_characters (per character position, the share of the test answers with
+                    that position that get it right)
                     (seconds: wall-clock training time including the final validation check;
                     compare it only between cells trained on an otherwise idle machine)
   fits.csv          per (task, family) the least-squares fit accuracy ≈ α·ln D + β
@@ -95,8 +96,9 @@ def train_cell(task: str, cell: Cell, root: Path, args) -> dict:
 
 
 def answer_characters(model_dir: Path, card: dict) -> list[float]:
-    """Share of test answers right at each character position (greedy, the card's test examples):
-    exact match hides a model that gets every digit but one. Cached in the cell's folder."""
+    """Per character position, the share of the test answers having that position that get it right
+    (greedy, the card's test examples): exact match hides a model that gets every digit but one.
+    Cached in the cell's folder."""
     import json
 
     import torch
@@ -109,7 +111,7 @@ def answer_characters(model_dir: Path, card: dict) -> list[float]:
     from latentcot.tasks import load_task
     from latentcot.zoo.data import ANSWER_PREFIX, PROMPT_FILE
 
-    cached = model_dir / "answer_characters.json"
+    cached = model_dir / "answer_positions.json"  # per position with that position (older caches divided by all)
     if cached.is_file():
         return json.loads(cached.read_text())
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -119,6 +121,7 @@ def answer_characters(model_dir: Path, card: dict) -> list[float]:
     examples = task.examples("test", card["test_examples"], card["config"]["seed"])
     width = max(len(e.answer) for e in examples)
     engine, right = Engine(model, tokenizer), np.zeros(width)
+    having = np.array([sum(len(e.answer) > i for e in examples) for i in range(width)])  # answers that have position i
     longest = max(len(tokenizer(f"{ANSWER_PREFIX} {e.answer}")["input_ids"]) for e in examples)
     decode = DecodeConfig(max_new_tokens=longest + 8, stop=task.stop)  # the grid trains question → answer
     for start in range(0, len(examples), 100):
@@ -128,7 +131,7 @@ def answer_characters(model_dir: Path, card: dict) -> list[float]:
             predicted = task.extract(trace.completion).prediction or ""
             right += [i < len(predicted) and predicted[i] == example.answer[i] if i < len(example.answer) else 0
                       for i in range(width)]
-    shares = (right / len(examples)).round(4).tolist()
+    shares = (right / having).round(4).tolist()
     cached.write_text(json.dumps(shares))
     return shares
 
