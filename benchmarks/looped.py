@@ -111,7 +111,7 @@ def answer_characters(model_dir: Path, card: dict) -> list[float]:
     from latentcot.tasks import load_task
     from latentcot.zoo.data import ANSWER_PREFIX, PROMPT_FILE
 
-    cached = model_dir / "answer_positions.json"  # per position with that position (older caches divided by all)
+    cached = model_dir / "answer_positions.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
