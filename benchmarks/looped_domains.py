@@ -29,9 +29,10 @@ def load(exit_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Samples and steps of every setting run under each exit directory."""
     samples, steps = [], []
     for root in exit_dirs:
-        runs = sorted(p for p in (root / "runs").iterdir() if (p / "manifest.json").is_file())
+        folder = root / "runs"
+        runs = sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file()) if folder.is_dir() else []
         if not runs:
-            raise SystemExit(f"{root}: no run directories under {root / 'runs'} (run benchmarks/looped_exit.py first)")
+            raise SystemExit(f"{root}: no run directories under {folder} (run benchmarks/looped_exit.py first)")
         for path in runs:
             run = load_run(path)
             samples.append(run.samples)

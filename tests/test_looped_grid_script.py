@@ -87,6 +87,8 @@ def test_loops_by_domain_keeps_domains_and_settings_apart(domains):
 
 
 def test_loops_by_domain_needs_runs(domains, tmp_path):
-    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit, match="no run directories"):
+        domains.load([tmp_path])  # not an exit directory at all
+    (tmp_path / "runs" / "half-written").mkdir(parents=True)
     with pytest.raises(SystemExit, match="no run directories"):
         domains.load([tmp_path])
