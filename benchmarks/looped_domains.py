@@ -16,6 +16,7 @@ Writes to --out:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ import pandas as pd
 from analysis import load_run
 from analysis.loops import loops_figure, loops_per_token, loops_summary
 from analysis.render import markdown_table
+from latentcot.errors import InputError
 
 
 def load(exit_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -32,7 +34,7 @@ def load(exit_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         folder = root / "runs"
         runs = sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file()) if folder.is_dir() else []
         if not runs:
-            raise SystemExit(f"{root}: no run directories under {folder} (run benchmarks/looped_exit.py first)")
+            raise InputError(f"{root}: no run directories under {folder} (run benchmarks/looped_exit.py first)")
         for path in runs:
             run = load_run(path)
             samples.append(run.samples)
@@ -52,7 +54,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("exit_dirs", type=Path, nargs="+", help="--out directories of benchmarks/looped_exit.py")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    samples, steps = load(args.exit_dirs)
+    try:
+        samples, steps = load(args.exit_dirs)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     table = by_domain(samples, steps)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "loops_by_domain.csv", index=False)

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from latentcot.errors import InputError
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "looped.py"
 
 
@@ -87,8 +89,9 @@ def test_loops_by_domain_keeps_domains_and_settings_apart(domains):
 
 
 def test_loops_by_domain_needs_runs(domains, tmp_path):
-    with pytest.raises(SystemExit, match="no run directories"):
+    with pytest.raises(InputError, match="no run directories"):
         domains.load([tmp_path])  # not an exit directory at all
     (tmp_path / "runs" / "half-written").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="no run directories"):
-        domains.load([tmp_path])
+    with pytest.raises(SystemExit) as exit_info:
+        domains.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
