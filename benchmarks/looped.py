@@ -139,8 +139,9 @@ def answer_characters(model_dir: Path, card: dict) -> list[float]:
 def learning_curve(model_dir: Path) -> pd.DataFrame:
     """The cell's validation checks (step, valid_accuracy) from its train_log.jsonl."""
     path = model_dir / "train_log.jsonl"
-    rows = pd.read_json(path, lines=True) if path.is_file() and path.stat().st_size else pd.DataFrame()
-    return rows[["step", "valid_accuracy"]] if not rows.empty else pd.DataFrame(columns=["step", "valid_accuracy"])
+    if not path.is_file() or not path.stat().st_size:
+        return pd.DataFrame(columns=["step", "valid_accuracy"])
+    return pd.read_json(path, lines=True)[["step", "valid_accuracy"]]
 
 
 def first_step_reaching(curve: pd.DataFrame, level: float) -> int | None:
@@ -275,9 +276,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows, curves = [], {}
     for task in tasks:
         for cell in cells:
-            card = train_cell(task, cell, args.out, args)
-            characters = answer_characters(cell_dir(args.out, task, cell), card)
-            curves[task, cell.name] = learning_curve(cell_dir(args.out, task, cell))
+            card, folder = train_cell(task, cell, args.out, args), cell_dir(args.out, task, cell)
+            characters = answer_characters(folder, card)
+            curves[task, cell.name] = learning_curve(folder)
             rows.append({"task": task, "cell": cell.name, "family": cell.families, "k": cell.k, "L": cell.L,
                          "depth": cell.depth, "params": card["params"], "steps": card["config"]["steps"],
                          "lr": card["config"]["lr"],

@@ -10,17 +10,22 @@ import pytest
 
 from latentcot.errors import InputError
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "looped.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def imported(filename: str):
+    """A benchmark script as a module, registered while in use (its dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{Path(filename).stem}", BENCHMARKS / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("looped_grid", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from imported("looped.py")
 
 
 def test_the_grid_has_the_papers_cells_and_families(script):
@@ -71,11 +76,7 @@ def test_markdown_names_every_cell_with_its_budget_and_breakthrough(script):
 
 @pytest.fixture(scope="module")
 def domains():
-    path = SCRIPT.with_name("looped_domains.py")
-    spec = importlib.util.spec_from_file_location("looped_domains", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    yield from imported("looped_domains.py")
 
 
 def test_loops_by_domain_keeps_domains_and_settings_apart(domains):
