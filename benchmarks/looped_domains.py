@@ -34,7 +34,7 @@ def load(exit_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         folder = root / "runs"
         runs = sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file()) if folder.is_dir() else []
         if not runs:
-            raise InputError(f"{root}: no run directories under {folder} (run benchmarks/looped_exit.py first)")
+            raise InputError(f"no run directories under {folder} (run benchmarks/looped_exit.py first)", where=str(root))
         for path in runs:
             run = load_run(path)
             samples.append(run.samples)
