@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.stats import AnalysisOptions, bin_edges, cluster_counts, bin_index, percentile_interval, pareto_front, \
+from .stats import AnalysisOptions, bin_edges, cluster_counts, bin_index, percentile_interval, pareto_front, \
     wilson_interval, z_value
 
 GATE_ORDER = {"token": 0, "latent": 1, "fixed": 2, "entropy": 3}

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from analysis.load import KEY
-from analysis.stats import AnalysisOptions, bin_edges, binned_means, spearman_ci
+from .load import KEY
+from .stats import AnalysisOptions, bin_edges, binned_means, spearman_ci
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Loops per token of looped models (the ``loops`` per-step array): how deep each step computed.
 
-    from analysis import load_run
-    from analysis.loops import loops_per_token, loops_summary, loops_figure
+    from latentcot.analysis import load_run
+    from latentcot.analysis.loops import loops_per_token, loops_summary, loops_figure
     run = load_run("runs/looped-kl")
     loops_per_token(run.steps)      # distribution: domain, setting_id, loops, tokens, fraction
     loops_summary(run.steps)        # per (domain, setting_id): tokens, mean, median, max
@@ -15,7 +15,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.plots import house_style, new_figure, palette
+from .plots import house_style, new_figure, palette
 
 GROUP = ["domain", "setting_id"]
 

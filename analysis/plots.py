@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.info_loss import METRIC_LABELS
+from .info_loss import METRIC_LABELS
 
 GATE_COLOURS = {"token": "#444444", "latent": "#d55e00", "fixed": "#cc79a7", "entropy": "#0072b2"}
 HOLLOW_NOTE = "hollow markers: fewer than {m} observations (shown, not estimated)"

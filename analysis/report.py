@@ -15,13 +15,13 @@ from typing import Callable, Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.load import Run, load_run
-from analysis.loops import loops_figure
-from analysis.plots import accuracy_entropy_figure, entropy_distribution_figure, house_style, info_loss_figure, \
+from .load import Run, load_run
+from .loops import loops_figure
+from .plots import accuracy_entropy_figure, entropy_distribution_figure, house_style, info_loss_figure, \
     pareto_figure, step_trace_figure, threshold_figure, threshold_in_nats
-from analysis.render import display_frame, html_page, html_table, markdown_table, text_table, trace_html
-from analysis.stats import AnalysisOptions
-from analysis.tables import TABLE_TITLES, AnalysisTables, compute_tables
+from .render import display_frame, html_page, html_table, markdown_table, text_table, trace_html
+from .stats import AnalysisOptions
+from .tables import TABLE_TITLES, AnalysisTables, compute_tables
 from latentcot.errors import InputError
 
 FIGURE_TITLES = {

@@ -11,11 +11,11 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from analysis.accuracy import accuracy_vs_entropy, accuracy_vs_threshold, best_thresholds, \
+from .accuracy import accuracy_vs_entropy, accuracy_vs_threshold, best_thresholds, \
     pareto_table, per_domain_vs_global, settings_table, threshold_rows
-from analysis.info_loss import available_metrics, entropy_by_domain, info_loss_bins, info_loss_correlations
-from analysis.loops import loops_per_token, loops_summary
-from analysis.stats import AnalysisOptions
+from .info_loss import available_metrics, entropy_by_domain, info_loss_bins, info_loss_correlations
+from .loops import loops_per_token, loops_summary
+from .stats import AnalysisOptions
 
 TABLE_TITLES = {
     "settings": "Accuracy per domain and setting",

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.load import load_run
-from analysis.report import build_figures, render_figure
-from analysis.stats import AnalysisOptions
-from analysis.tables import compute_tables
+from latentcot.analysis.load import load_run
+from latentcot.analysis.report import build_figures, render_figure
+from latentcot.analysis.stats import AnalysisOptions
+from latentcot.analysis.tables import compute_tables
 
 BUDGET_S = 10.0
 DOMAINS = ("arithmetic", "logic", "planning")

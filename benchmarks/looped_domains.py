@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import load_run
-from analysis.loops import loops_figure, loops_per_token, loops_summary
-from analysis.render import markdown_table
+from latentcot.analysis import load_run
+from latentcot.analysis.loops import loops_figure, loops_per_token, loops_summary
+from latentcot.analysis.render import markdown_table
 from latentcot.errors import InputError
 
 

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import load_run
-from analysis.render import markdown_table
-from analysis.stats import wilson_interval
+from latentcot.analysis import load_run
+from latentcot.analysis.render import markdown_table
+from latentcot.analysis.stats import wilson_interval
 from latentcot.zoo.data import ANSWER_PREFIX
 
 

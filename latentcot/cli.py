@@ -193,7 +193,7 @@ def analyze(
     seed: int = typer.Option(0, help="Seed of the bootstrap confidence intervals."),
 ) -> None:
     """Tables, figures, summary.md and a self-contained report.html for a run; prints the headline table."""
-    from analysis import AnalysisOptions, write_report
+    from latentcot.analysis import AnalysisOptions, write_report
 
     result = write_report(run_dir, out, AnalysisOptions(seed=seed))
     typer.echo(result.headline)
@@ -223,7 +223,7 @@ def demo(
     """The embedded default: built-in models on their tasks, threshold sweeps, measurements, report."""
     from datetime import datetime
 
-    from analysis import write_report
+    from latentcot.analysis import write_report
     from latentcot import demo as demos
     from latentcot.experiment import execute
     from latentcot.zoo.registry import list_models

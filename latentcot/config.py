@@ -6,9 +6,9 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping
 
-from latentcot.errors import InputError
+from latentcot.validation import from_mapping, is_number, require, require_choice
 from latentcot.looping import LoopConfig
 
 GATES = ("token", "latent", "entropy", "fixed")
@@ -16,26 +16,6 @@ UNITS = ("nats", "bits", "normalized")
 LATENT_MODES = ("hidden", "hidden-normed", "soft", "topk-soft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("hf", "vllm")
-
-C = TypeVar("C")
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(message)
-
-
-def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
-    _check(value in choices, f"unknown {what} {value!r}; valid: {', '.join(choices)}")
-
-
-def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
-    """Build a config dataclass from a mapping; unknown keys are an error naming the valid ones."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    _check(not unknown, f"unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(names)}")
-    return cls(**values)
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -48,14 +28,14 @@ class ModelConfig:
     repeat_layers: tuple[int, int, int] | None = None  # experimental: (start, end, r), layers [start, end) r times
 
     def __post_init__(self):
-        _check(bool(self.model.strip()), "model must not be empty")
+        require(bool(self.model.strip()), "model must not be empty")
         if self.repeat_layers is not None:
-            _check(len(self.repeat_layers) == 3 and all(isinstance(i, int) for i in self.repeat_layers)
+            require(len(self.repeat_layers) == 3 and all(isinstance(i, int) for i in self.repeat_layers)
                    and self.repeat_layers[2] >= 1, f"repeat_layers must be (start, end, repeats >= 1), "
                    f"got {self.repeat_layers!r}")
             object.__setattr__(self, "repeat_layers", tuple(self.repeat_layers))
-        _choice(self.dtype, DTYPES, "dtype")
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+        require_choice(self.dtype, DTYPES, "dtype")
+        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
 
 
@@ -71,20 +51,20 @@ class BackendConfig:
     enforce_eager: bool = False                   # vllm: no graph capture or compilation (fast start)
 
     def __post_init__(self):
-        _choice(self.name, BACKENDS, "backend")
-        _check(isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1,
+        require_choice(self.name, BACKENDS, "backend")
+        require(isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1,
                f"tensor parallel size must be an integer >= 1, got {self.tensor_parallel_size!r}")
-        _check(self.max_model_len is None or (isinstance(self.max_model_len, int) and self.max_model_len >= 1),
+        require(self.max_model_len is None or (isinstance(self.max_model_len, int) and self.max_model_len >= 1),
                f"max model length must be an integer >= 1, got {self.max_model_len!r}")
-        _check(self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+        require(self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
                f"gpu memory utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
-        _check(self.kv_cache_gib is None or (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0),
+        require(self.kv_cache_gib is None or (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0),
                f"kv cache size must be > 0 GiB, got {self.kv_cache_gib!r}")
         if self.name != "vllm":
             given = [name for name, default in (("tensor_parallel_size", 1), ("max_model_len", None),
                                                 ("gpu_memory_utilization", None), ("kv_cache_gib", None),
                                                 ("enforce_eager", False)) if getattr(self, name) != default]
-            _check(not given, f"--{given[0].replace('_', '-') if given else ''} only applies to --backend vllm")
+            require(not given, f"--{given[0].replace('_', '-') if given else ''} only applies to --backend vllm")
 
 
 @dataclass(frozen=True)
@@ -99,19 +79,19 @@ class DecodeConfig:
     loop: LoopConfig | None = None  # looped models: loops per token and adaptive exit (None = as trained)
 
     def __post_init__(self):
-        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+        require(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        _check(math.isfinite(self.temperature) and self.temperature >= 0,
+        require(math.isfinite(self.temperature) and self.temperature >= 0,
                f"temperature must be >= 0, got {self.temperature!r}")
-        _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
-        _check(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be >= 0, got {self.top_k!r}")
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
-        _check(self.markers is None or (len(self.markers) == 2 and all(self.markers)),
+        require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
+        require(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be >= 0, got {self.top_k!r}")
+        require(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        require(self.markers is None or (len(self.markers) == 2 and all(self.markers)),
                "markers must be two non-empty token strings (begin, end)")
         object.__setattr__(self, "stop", tuple(self.stop))
         if isinstance(self.loop, Mapping):
-            object.__setattr__(self, "loop", from_dict(LoopConfig, self.loop))
-        _check(self.loop is None or isinstance(self.loop, LoopConfig), "loop must be a LoopConfig")
+            object.__setattr__(self, "loop", from_mapping(LoopConfig, self.loop))
+        require(self.loop is None or isinstance(self.loop, LoopConfig), "loop must be a LoopConfig")
         if self.markers is not None:
             object.__setattr__(self, "markers", tuple(self.markers))
 
@@ -133,43 +113,43 @@ class GateConfig:
     threshold_map: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self):
-        _choice(self.kind, GATES, "gate")
-        _choice(self.unit, UNITS, "unit")
+        require_choice(self.kind, GATES, "gate")
+        require_choice(self.unit, UNITS, "unit")
         if self.threshold_map is not None:
-            _check(self.kind == "entropy", "a threshold map only applies to the entropy gate")
+            require(self.kind == "entropy", "a threshold map only applies to the entropy gate")
             pairs = dict(self.threshold_map.items() if isinstance(self.threshold_map, Mapping) else self.threshold_map)
-            _check(bool(pairs), "the threshold map is empty")
+            require(bool(pairs), "the threshold map is empty")
             for domain, tau in pairs.items():
-                _check(_is_threshold(tau), f"threshold for domain {domain!r} must be a number >= 0, got {tau!r}")
+                require(_is_threshold(tau), f"threshold for domain {domain!r} must be a number >= 0, got {tau!r}")
             object.__setattr__(self, "threshold_map", tuple(sorted((str(d), float(t)) for d, t in pairs.items())))
         if self.kind == "entropy":
-            _check(self.threshold is not None or self.threshold_map is not None,
+            require(self.threshold is not None or self.threshold_map is not None,
                    "the entropy gate needs a threshold (or a threshold map)")
-            _check(self.threshold is None or _is_threshold(self.threshold),
+            require(self.threshold is None or _is_threshold(self.threshold),
                    f"threshold must be a number >= 0, got {self.threshold!r}")
         else:
-            _check(self.threshold is None, f"threshold only applies to the entropy gate, not {self.kind!r}")
+            require(self.threshold is None, f"threshold only applies to the entropy gate, not {self.kind!r}")
         for name in ("max_consecutive", "max_latent"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, int) and value >= 0), f"{name} must be an integer >= 0")
-            _check(value is None or self.kind == "entropy", f"{name} only applies to the entropy gate")
+            require(value is None or (isinstance(value, int) and value >= 0), f"{name} must be an integer >= 0")
+            require(value is None or self.kind == "entropy", f"{name} only applies to the entropy gate")
         if self.kind == "fixed":
-            _check(isinstance(self.k, int) and self.k >= 0, "the fixed gate needs k, an integer >= 0")
+            require(isinstance(self.k, int) and self.k >= 0, "the fixed gate needs k, an integer >= 0")
         else:
-            _check(self.k is None, f"k only applies to the fixed gate, not {self.kind!r}")
+            require(self.k is None, f"k only applies to the fixed gate, not {self.kind!r}")
 
     def for_domain(self, domain: str) -> "GateConfig":
         """This gate with a threshold map resolved to the threshold of ``domain``."""
         if self.threshold_map is None:
             return self
         taus = dict(self.threshold_map)
-        _check(domain in taus or "*" in taus, f"the threshold map has no entry for domain {domain!r} "
+        require(domain in taus or "*" in taus, f"the threshold map has no entry for domain {domain!r} "
                f"(it has {', '.join(taus)}; add it or a \"*\" default)")
         return dataclasses.replace(self, threshold=taus.get(domain, taus.get("*")))
 
 
 def _is_threshold(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return is_number(value) and value >= 0
 
 
 @dataclass(frozen=True)
@@ -179,10 +159,10 @@ class LatentConfig:
     top_k: int = 8               # topk-soft: mix only the k most likely token embeddings
 
     def __post_init__(self):
-        _choice(self.kind, LATENT_MODES, "latent mode")
-        _check(math.isfinite(self.temperature) and self.temperature > 0,
+        require_choice(self.kind, LATENT_MODES, "latent mode")
+        require(math.isfinite(self.temperature) and self.temperature > 0,
                f"latent temperature must be > 0, got {self.temperature!r}")
-        _check(isinstance(self.top_k, int) and self.top_k >= 1, f"latent top_k must be >= 1, got {self.top_k!r}")
+        require(isinstance(self.top_k, int) and self.top_k >= 1, f"latent top_k must be >= 1, got {self.top_k!r}")
 
 
 def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> dict[str, Any]:

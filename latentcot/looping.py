@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from latentcot.errors import InputError
+from latentcot.validation import is_int, is_number, require
 
 EXITS = ("none", "kl", "entropy", "argmax")
 DEFAULT_EPSILON = {"kl": 5e-4, "entropy": 1e-3}
@@ -35,26 +36,22 @@ class LoopConfig:
     min_loops: int = 1         # never exit before this many iterations
 
     def __post_init__(self):
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise InputError(message)
-        check(self.exit in EXITS, f"unknown loop exit {self.exit!r}; valid: {', '.join(EXITS)}")
-        check(self.loops is None or (_is_int(self.loops) and self.loops >= 1),
+        require(self.exit in EXITS, f"unknown loop exit {self.exit!r}; valid: {', '.join(EXITS)}")
+        require(self.loops is None or (is_int(self.loops) and self.loops >= 1),
               f"loops must be an integer >= 1, got {self.loops!r}")
-        check(_is_int(self.patience) and self.patience >= 1, f"patience must be an integer >= 1, got {self.patience!r}")
-        check(_is_int(self.min_loops) and self.min_loops >= 1,
+        require(is_int(self.patience) and self.patience >= 1, f"patience must be an integer >= 1, got {self.patience!r}")
+        require(is_int(self.min_loops) and self.min_loops >= 1,
               f"min_loops must be an integer >= 1, got {self.min_loops!r}")
-        check(self.loops is None or self.min_loops <= self.loops,
+        require(self.loops is None or self.min_loops <= self.loops,
               f"min_loops {self.min_loops} exceeds loops {self.loops}")
         if self.exit in DEFAULT_EPSILON:
             if self.epsilon is None:
                 object.__setattr__(self, "epsilon", DEFAULT_EPSILON[self.exit])
-            check(isinstance(self.epsilon, (int, float)) and not isinstance(self.epsilon, bool)
-                  and math.isfinite(self.epsilon) and self.epsilon > 0,
+            require(is_number(self.epsilon) and self.epsilon > 0,
                   f"exit epsilon must be a number > 0, got {self.epsilon!r}")
         else:
-            check(self.epsilon is None, f"epsilon only applies to the kl and entropy exits, not {self.exit!r}")
-        check(self.exit != "none" or (self.patience == 1 and self.min_loops == 1),
+            require(self.epsilon is None, f"epsilon only applies to the kl and entropy exits, not {self.exit!r}")
+        require(self.exit != "none" or (self.patience == 1 and self.min_loops == 1),
               "patience and min_loops only apply with an exit rule")
 
     @property
@@ -66,7 +63,7 @@ class LoopConfig:
                 "min_loops": self.min_loops}
 
     def tag(self) -> str:
-        """Short name for setting ids, e.g. ``loops8`` or ``loops-kl5e-04``."""
+        """Short name for setting ids, e.g. ``loops8``, ``loops12-kl0.0005`` or ``loops-argmax2``."""
         parts = [f"loops{self.loops}" if self.loops is not None else "loops"]
         if self.exit == "argmax":
             parts.append(f"argmax{self.patience}")
@@ -75,10 +72,6 @@ class LoopConfig:
         if self.min_loops > 1:
             parts.append(f"min{self.min_loops}")
         return "-".join(parts)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_exit(spec: str, loops: int | None = None) -> LoopConfig:

@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
-from analysis.accuracy import accuracy_vs_threshold, pareto_table, settings_table
-from analysis.info_loss import METRIC_LABELS, info_loss_bins
-from analysis.load import samples_frame, steps_frame
-from analysis.plots import accuracy_entropy_figure, entropy_distribution_figure, info_loss_figure, \
+from latentcot.analysis.accuracy import accuracy_vs_threshold, pareto_table, settings_table
+from latentcot.analysis.info_loss import METRIC_LABELS, info_loss_bins
+from latentcot.analysis.load import samples_frame, steps_frame
+from latentcot.analysis.plots import accuracy_entropy_figure, entropy_distribution_figure, info_loss_figure, \
     pareto_figure, plot_series, step_trace_figure, threshold_figure, threshold_in_nats
-from analysis.stats import AnalysisOptions
+from latentcot.analysis.stats import AnalysisOptions
 from analysis_records import peaked_sweep, record, setting
 
 FAST = AnalysisOptions(n_boot=100)
@@ -89,7 +89,7 @@ def test_points_with_too_few_observations_are_hollow_and_not_part_of_the_curve()
 
 
 def test_series_with_no_reliable_point_is_all_hollow_and_still_labelled():
-    from analysis.plots import new_figure
+    from latentcot.analysis.plots import new_figure
     fig, axes = new_figure(1, 1)
     ax = axes[0, 0]
     plot_series(ax, [1, 2], [0.1, 0.2], [0, 0], [1, 1], [False, False], "red", "only")

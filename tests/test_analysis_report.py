@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.report import FIGURE_TITLES, ReportResult, write_report
-from analysis.stats import AnalysisOptions
-from analysis.tables import TABLE_TITLES
+from latentcot.analysis.report import FIGURE_TITLES, ReportResult, write_report
+from latentcot.analysis.stats import AnalysisOptions
+from latentcot.analysis.tables import TABLE_TITLES
 
 LOOPED_ONLY = {"loops_summary", "loops_per_token"}  # tables and figure of looped models; this run has none
 from analysis_records import peaked_sweep, record, setting, write_run

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.stats import bin_edges, bin_index, binned_means, cluster_counts, pareto_front, spearman_ci, \
+from latentcot.analysis.stats import bin_edges, bin_index, binned_means, cluster_counts, pareto_front, spearman_ci, \
     weighted_spearman, wilson_interval
 
 N_DATASETS = 200

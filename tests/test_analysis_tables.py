@@ -4,12 +4,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.accuracy import accuracy_vs_entropy, accuracy_vs_threshold, best_thresholds, pareto_table, \
+from latentcot.analysis.accuracy import accuracy_vs_entropy, accuracy_vs_threshold, best_thresholds, pareto_table, \
     per_domain_vs_global, settings_table, threshold_rows
-from analysis.info_loss import entropy_by_domain, info_loss_bins, info_loss_correlations
-from analysis.load import samples_frame, steps_frame
-from analysis.stats import AnalysisOptions
-from analysis.tables import compute_tables
+from latentcot.analysis.info_loss import entropy_by_domain, info_loss_bins, info_loss_correlations
+from latentcot.analysis.load import samples_frame, steps_frame
+from latentcot.analysis.stats import AnalysisOptions
+from latentcot.analysis.tables import compute_tables
 from analysis_records import peaked_sweep, record, setting
 
 FAST = AnalysisOptions(n_boot=200)

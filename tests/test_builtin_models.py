@@ -45,7 +45,7 @@ def test_the_cot_model_solves_its_task():
 def test_a_coconut_model_beats_the_nocot_model_of_its_task():
     """The scientific target: all reasoning steps as continuous thoughts (the ``fixed`` gate it was
     trained with) clearly above answering directly, for a model of the same shape and budget."""
-    from analysis.stats import wilson_interval
+    from latentcot.analysis.stats import wilson_interval
 
     def interval(model):
         card = model.card

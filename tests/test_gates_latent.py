@@ -8,7 +8,8 @@ import pytest
 import scipy.stats
 import torch
 
-from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig, from_dict
+from latentcot.validation import from_mapping
+from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.errors import InputError
 from latentcot.gates import EntropyGate, FixedGate, LatentGate, TokenGate, entropy_in_unit, make_gate
 from latentcot.latent import HiddenLatent, NormedHiddenLatent, SoftLatent, TopKSoftLatent, make_latent
@@ -131,7 +132,7 @@ def test_gate_config_rejects_bad_values(bad, match):
 
 def test_configs_reject_bad_values_and_unknown_keys():
     with pytest.raises(InputError, match="unknown GateConfig key.*tau.*valid: kind, threshold"):
-        from_dict(GateConfig, {"kind": "entropy", "tau": 1.0})
+        from_mapping(GateConfig, {"kind": "entropy", "tau": 1.0})
     with pytest.raises(InputError, match="unknown latent mode"):
         LatentConfig("mean")
     with pytest.raises(InputError, match="max_new_tokens"):
@@ -140,7 +141,7 @@ def test_configs_reject_bad_values_and_unknown_keys():
         DecodeConfig(top_p=0.0)
     with pytest.raises(InputError, match="unknown device"):
         ModelConfig("m", device="tpu")
-    assert isinstance(make_gate(from_dict(GateConfig, {"kind": "fixed", "k": 3})), FixedGate)
+    assert isinstance(make_gate(from_mapping(GateConfig, {"kind": "fixed", "k": 3})), FixedGate)
     assert isinstance(make_latent(LatentConfig("topk-soft", top_k=2)), TopKSoftLatent)
     with pytest.raises(Exception):
         GateConfig().kind = "latent"  # frozen

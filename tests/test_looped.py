@@ -263,7 +263,7 @@ def test_a_report_reads_a_looped_models_tokenizer_without_config_warnings(tmp_pa
 
     looped(tokenizer, "looped:k=1,L=2").save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    code = ("from analysis.report import token_decoder; "
+    code = ("from latentcot.analysis.report import token_decoder; "
             f"decode = token_decoder({{'model': {{'source': {str(tmp_path)!r}}}}}); print(decode(5))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == tokenizer.decode([5])
@@ -287,8 +287,8 @@ def test_train_a_looped_arch_through_the_cli(tmp_path, capsys):
 
 
 def test_loops_per_token_tables_by_domain():
-    from analysis import steps_frame
-    from analysis.loops import loops_figure, loops_per_token, loops_summary
+    from latentcot.analysis import steps_frame
+    from latentcot.analysis.loops import loops_figure, loops_per_token, loops_summary
 
     def record(domain, example, loops):
         return {"task_spec": "t", "setting_id": "token-loops-kl0.0005", "example_id": example, "domain": domain,

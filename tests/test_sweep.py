@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from analysis import load_run
+from latentcot.analysis import load_run
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig
 from latentcot.errors import InputError
 from latentcot.grid import parse_thresholds, read_threshold_map, sweep_settings

@@ -7,7 +7,9 @@ import pytest
 
 from latentcot.tasks import TASKS, Task, list_tasks, load_prompt_file, load_task, parse_spec
 from latentcot.tasks.extract import extract_answer
-from latentcot.tasks.io import PROMPTS_DIR
+from importlib import resources
+
+from latentcot.tasks.io import PROMPTS_PACKAGE
 
 DOMAINS = ("arithmetic", "multi-hop", "math-word", "planning", "logic", "generic")
 
@@ -50,8 +52,8 @@ def test_spec_round_trips_and_parameters_apply():
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_shipped_templates_load_and_their_few_shot_answers_are_strictly_extracted(domain):
-    template = load_prompt_file(PROMPTS_DIR / f"{domain}.json")
-    assert json.loads((PROMPTS_DIR / f"{domain}.json").read_text())["domain"] == domain
+    template = load_prompt_file(resources.files(PROMPTS_PACKAGE) / f"{domain}.json")
+    assert json.loads((resources.files(PROMPTS_PACKAGE) / f"{domain}.json").read_text())["domain"] == domain
     assert template.answer_format.startswith(template.answer_prefix)
     rendered = template.render("WHAT?")
     assert rendered.endswith("Question: WHAT?\nSolution:")
@@ -78,7 +80,7 @@ def test_each_task_prompt_asks_for_its_answer_format(spec, asked):
 def test_few_shot_examples_follow_the_generators_own_format():
     """The shipped worked examples are in the exact format the generators produce, so a model
     shown them is asked for the chain that scoring and training use."""
-    shot = load_prompt_file(PROMPTS_DIR / "multi-hop.json").few_shot[0]
+    shot = load_prompt_file(resources.files(PROMPTS_PACKAGE) / "multi-hop.json").few_shot[0]
     task = load_task("phop:n=7,p=2,alphabet=3")
     problem = task._problem("bddbcdc", [7, 6, 4])
     assert shot.question == problem.question

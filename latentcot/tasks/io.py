@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,7 +31,7 @@ from latentcot.errors import InputError
 from latentcot.tasks.prompt import DEFAULT_EXAMPLE_TEMPLATE, FewShot, PromptTemplate
 from latentcot.types import Example
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+PROMPTS_PACKAGE = "latentcot.prompts"  # the repository's prompts/ folder, installed as package data
 FORMATS = ("coconut", "gsm8k", "generic")
 DEFAULT_DOMAIN = {"coconut": "generic", "gsm8k": "math-word", "generic": "generic"}
 _RESERVED = ("id", "question", "answer", "steps", "domain")
@@ -212,10 +213,12 @@ def _line_of_element(text: str, index: int) -> int:
 
 def domain_template(domain: str) -> PromptTemplate:
     """The shipped template for ``domain`` (``prompts/<domain>.json``), else the generic one."""
-    path = PROMPTS_DIR / f"{domain}.json"
-    if not path.is_file():
-        path = PROMPTS_DIR / "generic.json"
-    return load_prompt_file(path)
+    shipped = resources.files(PROMPTS_PACKAGE)
+    entry = shipped / f"{domain}.json"
+    if not entry.is_file():
+        entry = shipped / "generic.json"
+    with resources.as_file(entry) as path:
+        return load_prompt_file(path)
 
 
 def load_prompt_file(path: str | Path) -> PromptTemplate:
