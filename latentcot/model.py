@@ -1,6 +1,7 @@
 """Load any HF causal LM (hub id, local directory, or ``builtin:NAME``) with its tokenizer.
 
-The only module that calls ``from_pretrained``. Every failure a user can cause (missing
+What ``latentcot run``/``sweep`` load goes through here (the zoo's trainer loads and saves its own
+small models, and the report reads a run's tokenizer). Every failure a user can cause (missing
 directory, not a causal LM, no tokenizer, unknown hub id) becomes one-line ``InputError``.
 """
 from __future__ import annotations

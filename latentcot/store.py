@@ -6,11 +6,14 @@ the line being written; on resume a torn last line is dropped and every recorded
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import IO, Any, Iterator, Mapping
+
+import jsonlines
 
 from latentcot.errors import InputError
 
@@ -48,16 +51,35 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def _complete_lines(handle: IO[bytes]) -> Iterator[bytes]:
+    """The newline-terminated lines of ``handle``. A last line without its newline was cut short by
+    a killed writer, so it is not a record even when it happens to parse as JSON."""
+    for line in handle:
+        if not line.endswith(b"\n"):
+            return
+        yield line
+
+
+def _malformed_reason(err: jsonlines.InvalidLineError) -> str:
+    cause = err.__cause__
+    if isinstance(cause, json.JSONDecodeError):
+        return cause.msg  # the decoder's own words, without jsonlines' "(line N)" suffix
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 text ({cause.reason} at byte {cause.start})"
+    return "expected a JSON object"  # the line held null or a non-object value
+
+
 def iter_samples(path: Path) -> Iterator[dict]:
     """Records of a samples.jsonl; a malformed complete line is an error naming file:line."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith("\n"):
-                return  # a torn last line is not a record
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"malformed record: {exc.msg}", where=f"{path}:{number}") from None
+    # Bytes, not text: only b"\n" ends a line (text mode would also split on a lone "\r"), and
+    # jsonlines reports a line that is not UTF-8 with its number instead of failing mid-file.
+    with open(path, "rb") as handle, jsonlines.Reader(_complete_lines(handle)) as reader:
+        try:
+            yield from reader.iter(type=dict)
+        except jsonlines.InvalidLineError as err:
+            # Only a torn last line is dropped, so the reader's count is the file's line number.
+            raise InputError(f"malformed record: {_malformed_reason(err)}",
+                             where=f"{path}:{err.lineno}") from None
 
 
 def read_samples(run_dir: str | Path) -> list[dict]:
@@ -74,6 +96,10 @@ class RunStore:
         self.root = root
         self.manifest = manifest
         self._samples = open(root / SAMPLES, "a", encoding="utf-8")
+        # Exactly the encoder the store used before jsonlines (json.dumps' ", " and ": "
+        # separators, not compact=True), so new lines stay byte-identical to recorded runs'.
+        self._writer = jsonlines.Writer(self._samples,
+                                        dumps=functools.partial(json.dumps, ensure_ascii=False))
 
     @classmethod
     def open(cls, root: str | Path, manifest: Mapping[str, Any], resume: bool = False) -> "RunStore":
@@ -115,11 +141,14 @@ class RunStore:
         return {(r["task_spec"], r["setting_id"], r["example_id"]) for r in iter_samples(self.root / SAMPLES)}
 
     def append(self, record: Mapping[str, Any]) -> None:
-        self._samples.write(json.dumps(record, ensure_ascii=False) + "\n")
+        """Write ``record`` as one line and make it durable before returning, so a kill loses at
+        most the line being written."""
+        self._writer.write(record)
         self._samples.flush()
         os.fsync(self._samples.fileno())
 
     def close(self, finished: bool = True) -> None:
+        self._writer.close()  # a Writer given an open file leaves closing that file to its owner
         self._samples.close()
         if finished:
             self.manifest = {**self.manifest, "finished_at": now()}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 
@@ -45,6 +45,26 @@ class StepView:
     n_latent: torch.Tensor    # (B,) long, latent steps this row has taken so far
     latent_run: torch.Tensor  # (B,) long, length of the row's current run of latent steps
     active: torch.Tensor      # (B,) bool, row still generating
+
+
+@dataclass(frozen=True)
+class DecodedStep:
+    """What the decode loop did at one step, for the whole batch; handed to step observers."""
+
+    view: StepView                         # what the gate decided from
+    is_latent: torch.Tensor                # (B,) bool, a latent vector was fed
+    is_marker: torch.Tensor                # (B,) bool, a begin/end-of-thought marker was fed
+    fed: torch.Tensor                      # (B,) long, the token fed (sampled or marker); unused on latent rows
+    latent_vector: Callable[[], torch.Tensor]  # () -> (B, D) the latent mode's vector for every row, computed once
+
+    @property
+    def is_token(self) -> torch.Tensor:    # (B,) bool, a sampled token was fed
+        return ~(self.is_latent | self.is_marker)
+
+
+# Runs one forward on the decode loop's KV cache with ``inputs_embeds`` (B, D) at the next position and
+# returns that position's fp32 logits (B, V); the cache is rolled back afterwards, so decoding is unchanged.
+Probe = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass

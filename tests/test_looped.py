@@ -15,7 +15,7 @@ from latentcot.gates import EntropyGate, TokenGate
 from latentcot.latent import HiddenLatent
 from latentcot.looping import LoopConfig, loops_used, parse_exit
 from latentcot.model import load_model
-from latentcot.zoo.looped import LoopedConfig, LoopedForCausalLM, is_looped, parse_spec, training_loops
+from latentcot.zoo.looped import LoopedConfig, LoopedForCausalLM, is_looped, parse_arch_spec, training_loops
 from latentcot.zoo.tiny import tiny_model
 
 from test_cli import cli, records
@@ -205,12 +205,12 @@ def test_loop_settings_appear_in_the_setting_only_when_used():
 
 
 def test_arch_specs_and_training_loop_draws():
-    assert parse_spec("looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1") == dict(
+    assert parse_arch_spec("looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1") == dict(
         block_layers=2, loops=4, prelude=1, coda=1, inject="add", train_loops="uniform", cosine_weight=0.1)
-    assert parse_spec("looped:pos=learned") == dict(positions="learned")
+    assert parse_arch_spec("looped:pos=learned") == dict(positions="learned")
     for bad in ("looped:k=0", "looped:q=1", "looped:inject=mul", "looped:L=x", "looped:pos=alibi"):
         with pytest.raises(InputError):
-            parse_spec(bad)
+            parse_arch_spec(bad)
     config = LoopedConfig(loops=4, train_loops="uniform")
     draws = [training_loops(config, seed=0, step=s) for s in range(200)]
     assert set(draws) == set(range(1, 8)) and draws == [training_loops(config, 0, s) for s in range(200)]

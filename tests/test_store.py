@@ -62,3 +62,47 @@ def test_corrupt_line_in_the_middle_names_file_and_line(tmp_path):
     with pytest.raises(InputError) as err:
         read_samples(run)
     assert err.value.where == f"{run / SAMPLES}:2"
+
+
+def test_a_torn_tail_that_parses_as_json_is_still_not_a_record(tmp_path):
+    run = tmp_path / "run"
+    with RunStore.open(run, {"config": {}}) as store:
+        store.append(record(0))
+    with open(run / SAMPLES, "a") as f:
+        f.write(json.dumps(record(1)))  # killed just before the newline: valid JSON, not a record
+    assert read_samples(run) == [record(0)]
+    store = RunStore.open(run, {"config": {}}, resume=True)
+    assert store.done_keys() == {("t:n=1", "token", "e0")}
+    store.append(record(2))
+    store.close()
+    assert read_samples(run) == [record(0), record(2)]
+
+
+@pytest.mark.parametrize("bad_line,message", [
+    (b"{oops", "malformed record: Expecting property name enclosed in double quotes"),
+    (b"", "malformed record: Expecting value"),
+    (b"null", "malformed record: expected a JSON object"),
+    (b"[1, 2]", "malformed record: expected a JSON object"),
+    (b'{"a": "\xff"}', "malformed record: not UTF-8 text"),
+])
+def test_a_bad_complete_line_names_its_line_and_keeps_the_message(tmp_path, bad_line, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = json.dumps(record(0)).encode()
+    (run / SAMPLES).write_bytes(good + b"\n" + good + b"\n" + bad_line + b"\n" + good + b"\n")
+    with pytest.raises(InputError) as err:
+        read_samples(run)
+    assert err.value.where == f"{run / SAMPLES}:3"
+    assert err.value.message.startswith(message)
+
+
+def test_records_are_written_exactly_as_json_dumps_wrote_them(tmp_path):
+    records = [{**record(0), "completion": "x ⟨latent⟩ 42 — ünïcode ✓", "entropy": [0.5, float("nan")]},
+               {**record(1), "prompt": "line\u2028separator and \x85 and \r\n inside"}]
+    with RunStore.open(tmp_path / "run", {"config": {}}) as store:
+        for r in records:
+            store.append(r)
+    expected = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    assert (tmp_path / "run" / SAMPLES).read_bytes() == expected
+    back = read_samples(tmp_path / "run")
+    assert back[0]["completion"] == records[0]["completion"] and back[1] == records[1]

@@ -205,3 +205,22 @@ def test_bad_prompt_files(tmp_path, content, message, where_line):
     assert caught.value.where == (f"{path}:{where_line}" if where_line else str(path))
     with pytest.raises(InputError, match="no such file"):
         load_task("addition", prompt_file=str(tmp_path / "missing.json"))
+
+
+def test_jsonl_lines_end_only_at_newline(tmp_path):
+    # U+2028 and U+0085 may stand unescaped in a JSON string; CRLF line ends are accepted too.
+    path = tmp_path / "d.jsonl"
+    first = json.dumps({"question": "a\u2028b\x85c?", "answer": "1"}, ensure_ascii=False)
+    path.write_text(first + "\r\n\r\n" + json.dumps({"question": "d?", "answer": 2}) + "\r\n",
+                    encoding="utf-8", newline="")
+    a, b = load_task(str(path)).examples("test", None, 0)
+    assert (a.id, a.question) == ("1", "a\u2028b\x85c?")
+    assert (b.id, b.answer) == ("3", "2")  # ids are the file's 1-based line numbers
+
+
+def test_a_null_jsonl_line_is_not_an_object(tmp_path):
+    path = _jsonl(tmp_path / "bad.jsonl", ['{"question": "a", "answer": "1"}', "", "null"])
+    with pytest.raises(InputError) as caught:
+        load_task(path)
+    assert caught.value.where == f"{path}:3"
+    assert caught.value.message == "expected a JSON object, got NoneType"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from latentcot.tasks import TASKS, Task, list_tasks, load_prompt_file, load_task, parse_spec
+from latentcot.tasks import TASKS, Task, list_tasks, load_prompt_file, load_task, parse_task_spec
 from latentcot.tasks.extract import extract_answer
 from importlib import resources
 
@@ -35,7 +35,7 @@ def test_registry_is_read_only():
     (" addition : n = 8 , ", ("addition", {"n": "8"})),
 ])
 def test_parse_spec(spec, expected):
-    assert parse_spec(spec) == expected
+    assert parse_task_spec(spec) == expected
 
 
 def test_spec_round_trips_and_parameters_apply():

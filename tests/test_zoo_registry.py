@@ -72,3 +72,17 @@ def test_a_model_directory_prompt_is_used_unless_one_is_given(home, tmp_path):
     assert cli("run", "--model", "builtin:my-adder", "--task", "addition:n=2,digits=1", "--limit", "2",
                "--max-new-tokens", "4", "--prompt", Path(__file__).parents[1] / "prompts" / "arithmetic.json", "--out", override) == 0
     assert all(r["prompt"].startswith("Add the numbers") for r in records(override))
+
+
+def test_every_builtin_model_named_in_the_cli_help_exists(monkeypatch, tmp_path):
+    """The help examples are what a new user copies first: each builtin:NAME there must resolve."""
+    import re
+
+    from latentcot import cli as cli_module
+
+    monkeypatch.setenv("LATENTCOT_HOME", str(tmp_path / "empty-home"))  # built-in models only
+    epilogs = [command.epilog or "" for command in cli_module.app.registered_commands]
+    names = set(re.findall(r"builtin:([a-z0-9][a-z0-9.-]*)", "\n".join(epilogs)))  # NAME is a placeholder
+    assert names, "the help examples name no built-in model"
+    for name in names:
+        assert (registry.resolve(name) / "config.json").is_file()

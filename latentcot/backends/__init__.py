@@ -1,6 +1,6 @@
 """Decoding backends, picked by name: ``hf`` (the in-process transformers engine) or ``vllm``.
 
-A backend is anything with the two methods of ``Backend``; ``latentcot.engine.Engine`` is one.
+A backend is anything with the methods of ``Backend``; ``latentcot.engine.Engine`` is one.
 Optional engines are imported only when asked for, so latentcot works without them installed.
 """
 from __future__ import annotations
@@ -22,7 +22,11 @@ class Backend(Protocol):
     def generate(self, prompts: Sequence[str], gate: Gate, latent: LatentMode, cfg: DecodeConfig,
                  seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]: ...
 
-    def check_room(self, prompts: Sequence[str], max_new_tokens: int, names: Sequence[str]) -> None: ...
+    def check_room(self, prompts: Sequence[str], max_new_tokens: int, names: Sequence[str]) -> None:
+        """Raise InputError naming the first prompt that leaves no room for ``max_new_tokens``."""
+
+    def check_loop(self, cfg: DecodeConfig) -> None:
+        """Raise InputError when ``cfg``'s loop settings cannot run on this backend's model."""
 
 
 @dataclass(frozen=True)

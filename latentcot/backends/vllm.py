@@ -38,7 +38,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from latentcot.config import BackendConfig, DecodeConfig, ModelConfig
-from latentcot.engine import render_completion, stop_hit
+from latentcot.decoding import check_prompts_room, check_room, eos_token_ids, render_completion, stop_hit
 from latentcot.errors import InputError
 from latentcot.gates import EntropyGate, FixedGate, LatentGate, TokenGate, entropy_in_unit
 from latentcot.latent import SoftLatent, TopKSoftLatent
@@ -185,8 +185,7 @@ class VLLMEngine:
         self.table = EmbeddingTable(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
         self.context = llm.llm_engine.model_config.max_model_len
         gen = llm.llm_engine.model_config.try_get_generation_config() or {}
-        eos = {tokenizer.eos_token_id, *_as_list(gen.get("eos_token_id"))} - {None}
-        self.eos_ids = sorted(eos)
+        self.eos_ids = eos_token_ids(tokenizer, gen.get("eos_token_id"))
         self.sentinel = self.eos_ids[0] if self.eos_ids else 0  # ends a request; EOS ends it anyway
         self._keys = itertools.count()  # request keys unique within this engine
 
@@ -229,14 +228,12 @@ class VLLMEngine:
         return cls(llm, tokenizer, identity)
 
     def check_room(self, prompts: Sequence[str], max_new_tokens: int, names: Sequence[str]) -> None:
-        lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
-        for name, length in zip(names, lengths):
-            self._check_length(length, max_new_tokens, where=name)
+        check_prompts_room(self.tokenizer, prompts, max_new_tokens, names, self.context, what="vLLM")
 
-    def _check_length(self, length: int, max_new_tokens: int, where: str | None = None) -> None:
-        if length + max_new_tokens > self.context:
-            raise InputError(f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the "
-                             f"vLLM context of {self.context} positions", where=where)
+    def check_loop(self, cfg: DecodeConfig) -> None:
+        """vLLM serves no looped models: loop settings are refused (``unsupported`` says so before loading)."""
+        if cfg.loop is not None:
+            raise InputError("--loops/--exit are not supported by the vllm backend (use --backend hf)")
 
     def generate(self, prompts: Sequence[str], gate, latent, cfg: DecodeConfig,
                  seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]:
@@ -251,7 +248,7 @@ class VLLMEngine:
         seeds = [row_seed(seed, i) for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         ids = self.tokenizer(list(prompts))["input_ids"]
         for row_ids in ids:
-            self._check_length(len(row_ids), cfg.max_new_tokens)
+            check_room(len(row_ids), cfg.max_new_tokens, self.context, what="vLLM")
         rows = [_Row(list(row_ids), s, self.table.weight[:0]) for row_ids, s in zip(ids, seeds)]
         while active := [row for row in rows if row.finish is None]:
             keys = [f"{next(self._keys)}" for _ in active]
@@ -360,8 +357,3 @@ def _parameter_count(config) -> int | None:
         return None
     return sum(p.numel() for p in model.parameters())
 
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -2,7 +2,8 @@
 
 A :class:`Task` hands the engine problems (:meth:`Task.examples`), renders them into prompts
 (:meth:`Task.prompt`), pulls an answer out of a completion (:meth:`Task.extract`) and judges it
-(:meth:`Task.score`). Tasks never touch files; templates and datasets arrive already read.
+(:meth:`Task.score`). Only :mod:`latentcot.tasks.io` reads files (datasets, and prompt templates from
+the package or ``--prompt``), once, when a task is built; after that a task's methods never touch files.
 
 Generators (:class:`GeneratorTask`) are deterministic functions of (task, parameters, split,
 seed). Splits are kept disjoint by *content*: every problem belongs to exactly one split,

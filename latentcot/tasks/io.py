@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import jsonlines
+
 from latentcot.errors import InputError
 from latentcot.tasks.prompt import DEFAULT_EXAMPLE_TEMPLATE, FewShot, PromptTemplate
 from latentcot.types import Example
@@ -119,15 +121,20 @@ def _coconut_examples(path: Path, text: str) -> list[Example]:
 
 
 def _jsonl_examples(path: Path, text: str) -> tuple[str, list[Example]]:
+    # Only "\n" ends a JSON Lines line: str.splitlines would also split inside a string holding
+    # U+2028 or U+0085, which JSON allows unescaped. A "\r" before it is JSON whitespace.
+    numbered = [(lineno, line) for lineno, line in enumerate(text.split("\n"), start=1)
+                if line.strip()]
+    reader = jsonlines.Reader(line for _, line in numbered)
     fmt, examples, seen = None, [], {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, _ in numbered:  # the reader decodes the same lines in the same order, one per read
         where = f"{path}:{lineno}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"invalid JSON: {err.msg} (column {err.colno})", where=where) from None
+            # None is allowed here so that a `null` line gets the same message as any other
+            # non-object ("expected a JSON object, got NoneType") from _example.
+            record = reader.read(allow_none=True)
+        except jsonlines.InvalidLineError as err:
+            raise InputError(_invalid_json_line(err), where=where) from None
         if fmt is None:
             fmt = "gsm8k" if _looks_gsm8k(record) else "generic"
         try:
@@ -137,6 +144,15 @@ def _jsonl_examples(path: Path, text: str) -> tuple[str, list[Example]]:
         except _RecordError as err:
             raise InputError(str(err), where=where) from None
     return fmt or "generic", examples
+
+
+def _invalid_json_line(err: jsonlines.InvalidLineError) -> str:
+    cause = err.__cause__
+    if isinstance(cause, json.JSONDecodeError):
+        return f"invalid JSON: {cause.msg} (column {cause.colno})"
+    # Another ValueError from the decoder (an integer too long to convert); jsonlines' own text
+    # would add a line count that skips blank lines, so quote the decoder instead.
+    return f"invalid JSON: {cause or err}"
 
 
 class _RecordError(Exception):

@@ -31,7 +31,7 @@ def list_tasks() -> list[tuple[str, str, str]]:
             for c in _CLASSES]
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``"addition:n=8,digits=3"`` → ``("addition", {"n": "8", "digits": "3"})``."""
     name, _, rest = spec.strip().partition(":")
     params: dict[str, str] = {}
@@ -50,7 +50,7 @@ def load_task(spec: str, prompt_file: str | None = None) -> Task:
     ``.jsonl`` path); ``prompt_file`` replaces the domain template. Bad input raises InputError."""
     prompt = load_prompt_file(prompt_file) if prompt_file else None
     if spec.partition(":")[0].strip() in TASKS:
-        name, params = parse_spec(spec)
+        name, params = parse_task_spec(spec)
         cls = TASKS[name]
         return cls(cls.params_type.parse(params), prompt)
     path = Path(spec)

@@ -209,6 +209,7 @@ class LoopedModel(LoopedPreTrainedModel):
 
 class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    supports_looping = True  # forward takes looping=LoopConfig; decoders ask for this, not for the class
 
     def __init__(self, config: LoopedConfig):
         super().__init__(config)
@@ -243,7 +244,7 @@ def is_looped(model) -> bool:
     return isinstance(getattr(model, "config", None), LoopedConfig)
 
 
-def parse_spec(spec: str) -> dict:
+def parse_arch_spec(spec: str) -> dict:
     """``looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1,pos=learned`` -> LoopedConfig fields."""
     name, _, rest = spec.partition(":")
     if name != MODEL_TYPE:

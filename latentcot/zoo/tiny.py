@@ -59,11 +59,11 @@ def tiny_config(arch: str, vocab_size: int, *, hidden: int = 64, layers: int = 2
     ``arch`` may also be a looped spec, ``looped:k=2,L=4[,prelude=1,coda=1,inject=add,random=1,cos=0.1,pos=learned]``
     (see latentcot.zoo.looped); ``layers`` is then ignored: the spec gives the depth."""
     if arch.partition(":")[0] == "looped":
-        from latentcot.zoo.looped import LoopedConfig, parse_spec
+        from latentcot.zoo.looped import LoopedConfig, parse_arch_spec
         return LoopedConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
                             num_key_value_heads=heads, max_position_embeddings=positions, vocab_size=vocab_size,
                             pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
-                            initializer_range=init_std, tie_word_embeddings=False, **parse_spec(arch))
+                            initializer_range=init_std, tie_word_embeddings=False, **parse_arch_spec(arch))
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
     ids = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
