@@ -175,7 +175,7 @@ def token_decoder(manifest: Mapping) -> Callable[[int], str] | None:
     try:
         from transformers import AutoTokenizer
 
-        import latentcot.zoo  # noqa: F401  registers the zoo's model types: their configs then load quietly
+        import latentcot.zoo.looped  # noqa: F401  registers the zoo's model types: their configs then load quietly
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except Exception:  # any failure only means the traces fall back to token ids
         return None

@@ -1,18 +1,24 @@
 """The ``latentcot`` command. Each command only wires options -> configs -> objects -> store."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import sys
 import typing
 from dataclasses import make_dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable, List, Optional
 
 import typer
 from typer.exceptions import TyperException
 
 from latentcot.errors import InputError
+
+# TrainConfig declares the train command's options, and typer reads every command's options whenever
+# the app runs: this import (torch, transformers) is part of every command's start-up.
+from latentcot.zoo.settings import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compare latent and token chain of thought in causal language models.")
@@ -22,7 +28,7 @@ Examples:
 
   latentcot run --model ./my-model --task data.jsonl --gate entropy --threshold 1.5 --latent soft --out runs/soft-1.5
 
-  latentcot run --model builtin:addition-coconut --task addition:n=4,digits=2 --gate fixed --k 3 --markers "<bot>,<eot>"
+  latentcot run --model builtin:addition-4x2r-coconut --task addition:n=4,digits=2,reverse=1 --gate fixed --k 3 --markers "<bot>,<eot>" --out runs/coconut
 
   latentcot run --model Qwen/Qwen2.5-0.5B --task gsm8k_test.jsonl --gate token --limit 100 --device cuda --out runs/qwen-cot
 """
@@ -254,6 +260,57 @@ def list_tasks_command() -> None:
         typer.echo(f"{name:<{width}}  {domain:<11}  {description}")
 
 
+# Short aliases of train options; every long name, type, default and help comes from TrainConfig.
+_TRAIN_SHORT_FLAGS = MappingProxyType({"task": "-t"})
+
+
+def _train_option(field: dataclasses.Field):
+    """The option of one TrainConfig field: ``--batch-size`` for ``batch_size``; required without a default."""
+    default = ... if field.default is dataclasses.MISSING else field.default
+    short = _TRAIN_SHORT_FLAGS.get(field.name)
+    names = (f"--{field.name.replace('_', '-')}", short) if short else ()  # typer derives the long name itself
+    return typer.Option(default, *names, help=field.metadata["help"])
+
+
+def train_options(command: Callable) -> Callable:
+    """Give ``command`` an option per TrainConfig field (but those marked ``cli=False``); they arrive
+    as one validated ``cfg`` argument. TrainConfig is the one place a training setting is declared:
+    the command adds only its own options (``--out``, ``--resume``), listed after the required ones."""
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
+    field_types = typing.get_type_hints(TrainConfig)
+    generated = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_train_option(f),
+                                   annotation=field_types[f.name]) for f in fields]
+    required = [p for p, f in zip(generated, fields) if f.default is dataclasses.MISSING]
+    optional = [p for p, f in zip(generated, fields) if f.default is not dataclasses.MISSING]
+    hints = typing.get_type_hints(command)
+    own = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=hints[p.name])
+           for p in inspect.signature(command).parameters.values() if p.name != "cfg"]
+
+    @functools.wraps(command)
+    def wrapper(**values):
+        cfg = TrainConfig(**{f.name: values.pop(f.name) for f in fields})
+        return command(cfg=cfg, **values)
+
+    wrapper.__signature__ = inspect.Signature(required + own + optional)
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
+
+
+def _typed_command(ctx: typer.Context) -> list[str]:
+    """``latentcot train`` with the options typed on the command line, in long form, for the card:
+    also right when called as ``main(argv)``, where ``sys.argv`` is not the command."""
+    words = ["latentcot", "train"]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name).name != "COMMANDLINE":
+            continue
+        value, flag = ctx.params[param.name], next(o for o in param.opts if o.startswith("--"))
+        if getattr(param, "is_flag", False):  # --resume; --reset-optimizer / --no-reset-optimizer
+            words.append(flag if value else param.secondary_opts[0])
+        else:
+            words += [flag, str(value)]
+    return words
+
+
 @app.command(epilog="""
 Examples:
 
@@ -265,48 +322,21 @@ Examples:
 
   latentcot run --model models/add-coconut --prompt models/add-coconut/prompt.json --task addition:n=4,digits=2,reverse=1 --gate fixed --k 3 --markers "<bot>,<eot>"
 """)
+@train_options
 def train(
     ctx: typer.Context,
-    task: str = typer.Option(..., "--task", "-t", help="Registered task, e.g. addition:n=4,digits=2,reverse=1."),
-    method: str = typer.Option(..., "--method", help="cot (steps, then answer) | nocot (answer only) | coconut (latent curriculum)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model directory (default $LATENTCOT_HOME/models/<task>-<method>)."),
-    init: Optional[Path] = typer.Option(None, "--init", help="coconut: the cot model directory to start from."),
-    steps: int = typer.Option(3000, "--steps", help="Optimizer steps (coconut: per curriculum stage)."),
-    arch: str = typer.Option("llama", help="gpt2 | llama | qwen2 | looped:k=K,L=L[,prelude=P,coda=C,inject=add,random=1,cos=W,pos=learned] (new models only)."),
-    hidden: int = typer.Option(128, help="Model width."),
-    layers: int = typer.Option(4, help="Transformer layers."),
-    heads: int = typer.Option(4, help="Attention heads."),
-    tokenizer: str = typer.Option("char", help="char (one token per character) | word (word pieces; for made-up words, e.g. prosqa) (new models only)."),
-    lr: float = typer.Option(3e-3, help="Peak learning rate (AdamW)."),
-    warmup: int = typer.Option(100, help="Linear warm-up steps (per coconut stage)."),
-    decay: str = typer.Option("none", help="Learning rate after warm-up: none (constant) | cosine (to 10 % at the end)."),
-    batch_size: int = typer.Option(64, help="Examples per step (fresh from the train split each step)."),
-    c: int = typer.Option(1, "--c", help="coconut: latent thoughts per replaced step."),
-    max_stage: Optional[int] = typer.Option(None, help="coconut: last stage, all steps latent (default: the task's step count)."),
-    start_stage: int = typer.Option(1, help="coconut: first stage trained (0 = markers only)."),
-    mix_prob: float = typer.Option(0.0, help="coconut: chance a batch uses a random earlier stage."),
-    eval_every: int = typer.Option(500, help="Steps between validation checks and checkpoints."),
-    eval_examples: int = typer.Option(200, help="Valid-split examples per check."),
-    test_examples: int = typer.Option(500, help="Test-split examples measured for card.json."),
-    seed: int = typer.Option(0, help="Seed of the init, the data order and stage mixing."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
-    save_dtype: str = typer.Option("float32", help="Dtype of the saved weights: float32 | float16 | bfloat16 (the card's accuracy is measured on them)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the directory's last checkpoint."),
+    cfg: TrainConfig,
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Model directory (default $LATENTCOT_HOME/models/<task>-<method>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the directory's last checkpoint, given the same "
+                                "options (--steps, --device and --save-dtype may change)."),
 ) -> None:
-    """Train a small model on a task (cot, nocot or COCONUT) and write weights, prompt.json, train_log.jsonl and card.json."""
-    from latentcot.zoo.train import TrainConfig, default_out
+    """Train a small model on a task (cot, nocot or COCONUT); write weights, prompt.json, train_log.jsonl, card.json."""
+    from latentcot.zoo.train import default_out
     from latentcot.zoo.train import train as train_model
 
-    cfg = TrainConfig(task=task, method=method, init=str(init) if init else None, arch=arch, hidden=hidden,
-                      layers=layers, heads=heads, tokenizer=tokenizer, lr=lr, warmup=warmup, decay=decay, batch_size=batch_size, steps=steps, c=c,
-                      max_stage=max_stage, start_stage=start_stage, mix_prob=mix_prob, seed=seed, device=device, save_dtype=save_dtype,
-                      eval_every=eval_every, eval_examples=eval_examples, test_examples=test_examples)
     target = out or default_out(cfg)
-    # The command as given (options typed on the command line), also when called as main(argv).
-    given = [(name, value) for name, value in ctx.params.items() if ctx.get_parameter_source(name).name == "COMMANDLINE"]
-    argv = ["latentcot", "train", *(arg for name, value in given for arg in
-                                    ([f"--{name.replace('_', '-')}"] + ([] if isinstance(value, bool) else [str(value)])))]
-    card = train_model(cfg, target, resume=resume, argv=argv)
+    card = train_model(cfg, target, resume=resume, argv=_typed_command(ctx))
     typer.echo(f"{target}: test accuracy {card['test_accuracy']:.1%} on {card['test_examples']} examples")
 
 

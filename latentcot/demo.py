@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.errors import InputError
+from latentcot.validation import is_int, require
 from latentcot.experiment import Plan, Setting
 from latentcot.grid import sweep_settings
 from latentcot.zoo.registry import ZooModel
@@ -29,8 +30,8 @@ class DemoConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        if self.limit < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise InputError("demo limit, batch size and max new tokens must be >= 1")
+        require(all(is_int(n) and n >= 1 for n in (self.limit, self.batch_size, self.max_new_tokens)),
+                "demo limit, batch size and max new tokens must be integers >= 1")
 
 
 def demo_models(models: list[ZooModel]) -> list[ZooModel]:

@@ -14,7 +14,6 @@ pure functions of the read-out logits, so they are tested on constructed distrib
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -1,7 +1,7 @@
 """Load any HF causal LM (hub id, local directory, or ``builtin:NAME``) with its tokenizer.
 
-What ``latentcot run``/``sweep`` load goes through here (the zoo's trainer loads and saves its own
-small models, and the report reads a run's tokenizer). Every failure a user can cause (missing
+What ``latentcot run``/``sweep`` load goes through here (the zoo's trainer saves its own small models,
+and the report reads a run's tokenizer). Every failure a user can cause (missing
 directory, not a causal LM, no tokenizer, unknown hub id) becomes one-line ``InputError``.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 
 from latentcot.config import ModelConfig
 from latentcot.errors import InputError
+from latentcot.zoo import looped as _looped  # noqa: F401  registers the looped model type with the Auto classes
 from latentcot.zoo import registry as zoo_registry
 
 BUILTIN_PREFIX = "builtin:"

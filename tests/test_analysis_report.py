@@ -11,10 +11,11 @@ import pytest
 from latentcot.analysis.report import FIGURE_TITLES, ReportResult, write_report
 from latentcot.analysis.stats import AnalysisOptions
 from latentcot.analysis.tables import TABLE_TITLES
+from latentcot.errors import InputError
+
+from analysis_records import peaked_sweep, record, setting, write_run
 
 LOOPED_ONLY = {"loops_summary", "loops_per_token"}  # tables and figure of looped models; this run has none
-from analysis_records import peaked_sweep, record, setting, write_run
-from latentcot.errors import InputError
 
 FAST = AnalysisOptions(n_boot=100)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,10 +1,12 @@
 """`latentcot train`: sequence layouts, the latent forward, training, resume, COCONUT decoding."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from test_cli import cli
 
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.engine import Engine
@@ -19,8 +21,6 @@ from latentcot.zoo.forward import loss_of, predicting_hidden
 from latentcot.zoo.tiny import tiny_model
 from latentcot.zoo.tokenizer import task_tokenizer
 from latentcot.zoo.train import CHECKPOINT, LOG, TrainConfig, train
-
-from test_cli import cli
 
 TASK = "addition:n=3,digits=1,reverse=1"      # 2 steps per example
 TINY = dict(hidden=32, layers=2, heads=2, batch_size=16, eval_examples=16, test_examples=16)
@@ -129,6 +129,21 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     assert strip(tmp_path / "whole") == strip(tmp_path / "split")
 
 
+def test_save_dtype_given_on_resume_is_applied_and_leaves_training_alone(tmp_path):
+    from safetensors import safe_open
+
+    cfg = TrainConfig(task=TASK, method="cot", steps=4, eval_every=2, dtype="float64", **TINY)
+    train(cfg, tmp_path / "whole", progress=False)
+    assert train(cfg, tmp_path / "split", until_step=2, progress=False) == {}
+    card = train(dataclasses.replace(cfg, save_dtype="float16"), tmp_path / "split", resume=True, progress=False)
+    assert card["config"]["save_dtype"] == "float16"
+    with safe_open(tmp_path / "split" / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}
+    a = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=False)["model"]
+    b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)  # the checkpoint keeps full precision
+
+
 def test_coconut_model_decodes_k_latents_between_markers(cot_model, tmp_path):
     out = tmp_path / "add-coconut"
     cfg = TrainConfig(task=TASK, method="coconut", init=str(cot_model), c=2, steps=4, eval_every=4,
@@ -160,6 +175,9 @@ def test_bad_input_is_an_input_error(tmp_path, cot_model, capsys):
         train(TrainConfig(task=TASK, method="cot", lr=1e-3, **TINY), cot_model, resume=True, progress=False)
     with pytest.raises(InputError, match="not a trained zoo model"):
         train(TrainConfig(task=TASK, method="coconut", init=str(tmp_path)), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+    with pytest.raises(InputError, match="steps must be an integer >= 1"):
+        TrainConfig(task=TASK, method="cot", steps=True)
     assert cli("train", "--task", TASK, "--method", "coconut", "--out", tmp_path / "y") == 2
     assert "needs --init" in capsys.readouterr().err
 
@@ -208,6 +226,9 @@ def test_a_coconut_model_inherits_the_word_tokenizer_of_its_init(tmp_path):
     resumed = train(TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=3, eval_every=2,
                                 **TINY), tmp_path / "coconut", resume=True, progress=False)  # same settings: accepted
     assert resumed["config"]["steps"] == 3
+    with pytest.raises(InputError, match="differ from the saved run: max_stage"):  # given, so never ignored
+        train(TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=3, eval_every=2, max_stage=5,
+                          **TINY), tmp_path / "coconut", resume=True, progress=False)
     with pytest.raises(InputError, match="unknown tokenizer"):
         TrainConfig(task=task, method="cot", tokenizer="bpe")
 

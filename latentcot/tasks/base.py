@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Mapping
 
 from latentcot.errors import InputError
+from latentcot.validation import is_int, require
 from latentcot.tasks import extract as answers
 from latentcot.tasks.io import domain_template
 from latentcot.tasks.prompt import PromptTemplate
@@ -125,9 +126,8 @@ class Params:
 
     def _require(self, key: str, low: int, high: int) -> None:
         value = getattr(self, key)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise InputError(f"bad value for {self.task}:{key}: {value!r}; "
-                             f"expected an integer from {low} to {high}")
+        require(is_int(value) and low <= value <= high,
+                f"bad value for {self.task}:{key}: {value!r}; expected an integer from {low} to {high}")
 
 
 @dataclass(frozen=True)

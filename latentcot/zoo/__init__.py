@@ -1,2 +1,5 @@
-"""Built-in small models: tokenizers, configs, and the code that builds them."""
-from latentcot.zoo import looped  # noqa: F401  registers the looped model with the Auto classes
+"""Built-in small models: tokenizers, configs, training, and the looped architecture.
+
+Importing the package imports nothing heavy; code that loads models registers the looped model
+type with transformers' Auto classes by importing ``latentcot.zoo.looped``.
+"""

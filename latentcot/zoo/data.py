@@ -1,4 +1,5 @@
-"""Training sequences per method and curriculum stage.
+"""What a training run is: its settings (:class:`TrainConfig`) and its sequences per method and
+curriculum stage.
 
 Every sequence is split in two parts that meet at the latent segment (empty for cot/nocot):
 
@@ -15,18 +16,19 @@ marker, then tokens.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 
 from latentcot.types import Example
+from latentcot.zoo.settings import ANSWER_PREFIX, MARKERS, METHODS, Layout, TrainConfig  # noqa: F401  (re-exported)
 
-METHODS = ("cot", "nocot", "coconut")
-ANSWER_PREFIX = "Answer:"
-MARKERS = ("<bot>", "<eot>")
 PROMPT_FILE = "prompt.json"
 # Zero-shot: a trained model needs no instructions, only the question and the answer format.
 PROMPT = {
@@ -44,42 +46,6 @@ def write_prompt_file(directory: Path) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How one batch of examples is laid out: the method and its curriculum stage."""
-
-    method: str           # cot | nocot | coconut
-    stage: int = 0        # coconut: how many leading steps are replaced by latents
-    c: int = 1            # coconut: latent positions per replaced step
-    max_stage: int = 1    # coconut: at this stage every step is replaced
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}")
-        if not 0 <= self.stage <= self.max_stage:
-            raise ValueError(f"stage {self.stage} outside 0..{self.max_stage}")
-
-    @property
-    def markers(self) -> bool:
-        return self.method == "coconut"
-
-    @property
-    def n_latent(self) -> int:
-        return self.stage * self.c if self.method == "coconut" else 0
-
-    def kept_steps(self, steps: Sequence[str]) -> tuple[str, ...]:
-        if self.method == "nocot" or (self.method == "coconut" and self.stage >= self.max_stage):
-            return ()
-        if self.method == "coconut":
-            return tuple(steps[self.stage:])
-        return tuple(steps)
-
-    def completion(self, example: Example) -> str:
-        """The text after the prompt (and after the latent segment), without <eos>."""
-        lines = [*self.kept_steps(example.steps), f"{ANSWER_PREFIX} {example.answer}"]
-        return "\n".join(lines)
-
-
 @dataclass
 class Batch:
     """Token ids of one training batch; the latent segment lies between prefix and suffix."""
@@ -91,7 +57,7 @@ class Batch:
     suffix_mask: torch.Tensor   # (B, S) long, 0 = padding
     loss_mask: torch.Tensor     # (B, S) bool, True where the token is a training target
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(self.prefix_ids.to(device), self.prefix_mask.to(device), self.n_latent,
                      self.suffix_ids.to(device), self.suffix_mask.to(device), self.loss_mask.to(device))
 

@@ -40,15 +40,10 @@ from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaPr
                                                       LlamaRotaryEmbedding)
 
 from latentcot.errors import InputError
+from latentcot.zoo.settings import INJECTIONS, MODEL_TYPE, POSITIONS, TRAIN_LOOPS, parse_arch_spec  # noqa: F401
 from latentcot.looping import ExitTracker, LoopConfig
 from latentcot.repeat import CacheSlot, ensure_cache_depth
 
-MODEL_TYPE = "looped"
-INJECTIONS = ("none", "add", "concat")
-POSITIONS = ("rope", "learned")
-TRAIN_LOOPS = ("fixed", "uniform")
-SPEC_KEYS = {"k": "block_layers", "L": "loops", "prelude": "prelude", "coda": "coda", "inject": "inject",
-             "random": "train_loops", "cos": "cosine_weight", "pos": "positions"}
 
 
 class LoopedConfig(LlamaConfig):
@@ -242,40 +237,6 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
 
 def is_looped(model) -> bool:
     return isinstance(getattr(model, "config", None), LoopedConfig)
-
-
-def parse_arch_spec(spec: str) -> dict:
-    """``looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1,pos=learned`` -> LoopedConfig fields."""
-    name, _, rest = spec.partition(":")
-    if name != MODEL_TYPE:
-        raise InputError(f"not a looped architecture spec: {spec!r}")
-    fields: dict = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or key.strip() not in SPEC_KEYS:
-            raise InputError(f"bad looped option {item!r} in {spec!r}; valid keys: {', '.join(SPEC_KEYS)}")
-        field, value = SPEC_KEYS[key.strip()], value.strip()
-        try:
-            if field == "train_loops":
-                fields[field] = "uniform" if int(value) else "fixed"
-            elif field == "cosine_weight":
-                fields[field] = float(value)
-            elif field in ("inject", "positions"):
-                fields[field] = value
-            else:
-                fields[field] = int(value)
-        except ValueError:
-            raise InputError(f"bad value {value!r} for {key.strip()} in {spec!r}") from None
-    if fields.get("inject", "none") not in INJECTIONS:
-        raise InputError(f"unknown inject {fields['inject']!r} in {spec!r}; valid: {', '.join(INJECTIONS)}")
-    if fields.get("positions", "rope") not in POSITIONS:
-        raise InputError(f"unknown pos {fields['positions']!r} in {spec!r}; valid: {', '.join(POSITIONS)}")
-    for field in ("block_layers", "loops"):
-        if fields.get(field, 1) < 1:
-            raise InputError(f"{field} must be >= 1 in {spec!r}")
-    if fields.get("prelude", 0) < 0 or fields.get("coda", 0) < 0 or fields.get("cosine_weight", 0) < 0:
-        raise InputError(f"prelude, coda and cos must be >= 0 in {spec!r}")
-    return fields
 
 
 def training_loops(config: LoopedConfig, seed: int, step: int) -> int:

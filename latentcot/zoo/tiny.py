@@ -12,10 +12,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoConfig, AutoModelForCausalLM, PreTrainedModel,
                           PreTrainedTokenizerFast)
 
+from latentcot.zoo.settings import ARCHITECTURES, parse_arch_spec
+from latentcot.zoo.settings import MARKERS as THOUGHT_MARKERS
+
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
-THOUGHT_MARKERS = ("<bot>", "<eot>")  # begin / end of a latent (continuous) thought segment
 DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " \n"
-ARCHITECTURES = ("gpt2", "llama", "qwen2")
 # Word pieces: a run of letters or one other character, each with the space before it if any, or
 # one whitespace character. Every character of a text falls in exactly one piece.
 WORD_PIECE = r" ?[A-Za-z]+| ?[^A-Za-z\s]|\s"
@@ -59,7 +60,7 @@ def tiny_config(arch: str, vocab_size: int, *, hidden: int = 64, layers: int = 2
     ``arch`` may also be a looped spec, ``looped:k=2,L=4[,prelude=1,coda=1,inject=add,random=1,cos=0.1,pos=learned]``
     (see latentcot.zoo.looped); ``layers`` is then ignored: the spec gives the depth."""
     if arch.partition(":")[0] == "looped":
-        from latentcot.zoo.looped import LoopedConfig, parse_arch_spec
+        from latentcot.zoo.looped import LoopedConfig
         return LoopedConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
                             num_key_value_heads=heads, max_position_embeddings=positions, vocab_size=vocab_size,
                             pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,

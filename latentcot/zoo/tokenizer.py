@@ -16,11 +16,12 @@ from transformers import PreTrainedTokenizerFast
 
 from latentcot.tasks import Task
 from latentcot.types import Example
+from latentcot.zoo.settings import TOKENIZER_KINDS
 from latentcot.zoo.tiny import THOUGHT_MARKERS, WORD_PIECE, char_tokenizer, word_tokenizer
 
 ALWAYS = string.digits + " \n"   # every model can at least write numbers and line breaks
 SCAN_EXAMPLES = 2000             # train examples scanned for characters / word pieces
-KINDS = ("char", "word")
+KINDS = TOKENIZER_KINDS
 
 
 def texts_of(task: Task, examples: Iterable[Example], answer_prefix: str) -> Iterable[str]:

@@ -5,6 +5,12 @@ Fresh examples from the task's train split every step (the data of step t is a p
 accuracy is measured with greedy decoding through the real :class:`latentcot.engine.Engine`,
 with the same gate, latent mode and markers that ``latentcot run`` would use on the saved model.
 
+The run's settings are a :class:`latentcot.zoo.data.TrainConfig` (also importable from here).
+Every input (the task and its train/valid/test examples, the ``init`` model, the device) is read
+and checked before anything is written, so a refused command leaves the output directory as it
+was and can be rerun once its input is fixed. Models are read through :mod:`latentcot.model`
+(its one-line errors); this module only builds new ones and saves what it trained.
+
 Output directory: HF ``save_pretrained`` files, the tokenizer, ``prompt.json`` (the template the
 model was trained with), ``train_log.jsonl`` (one line per evaluation), ``checkpoint.pt``
 (model, optimizer, step, RNG: what ``resume`` continues from) and finally ``card.json``.
@@ -16,116 +22,39 @@ import json
 import math
 import shlex
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from latentcot.config import DecodeConfig, GateConfig, LatentConfig
+from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.engine import Engine
-from latentcot.errors import InputError
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
 from latentcot.looping import LoopConfig
-from latentcot.tasks import load_task
-from latentcot.zoo.data import ANSWER_PREFIX, MARKERS, METHODS, PROMPT_FILE, Layout, encode, write_prompt_file
+from latentcot.model import load_model, load_tokenizer
+from latentcot.tasks import Task, load_task
+from latentcot.types import Example
+from latentcot.validation import from_mapping, require
+from latentcot.zoo.data import ANSWER_PREFIX, PROMPT_FILE, Layout, TrainConfig, encode, write_prompt_file
 from latentcot.zoo.forward import loss_of
+from latentcot.zoo.looped import is_looped, training_loops
 from latentcot.zoo.registry import user_root
-from latentcot.zoo.looped import is_looped, parse_spec, training_loops
-from latentcot.zoo.tiny import ARCHITECTURES, tiny_config
-from latentcot.zoo.tokenizer import KINDS as TOKENIZER_KINDS
+from latentcot.zoo.tiny import tiny_config
 from latentcot.zoo.tokenizer import task_tokenizer
 
-LR_DECAYS = ("none", "cosine")
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 SHAPE_FIELDS = ("arch", "hidden", "layers", "heads")
-SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INIT_FIELDS = (*SHAPE_FIELDS, "tokenizer")  # what a coconut model inherits from its init model
 DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    task: str                        # task spec, e.g. "addition:n=4,digits=2,reverse=1"
-    method: str                      # cot | nocot | coconut
-    init: str | None = None          # coconut: directory of the cot model to start from (required)
-    arch: str = "llama"              # gpt2 | llama | qwen2 | looped:k=K,L=L,... (ignored with init)
-    hidden: int = 128                # model width (head_dim = hidden / heads)
-    layers: int = 4
-    heads: int = 4
-    tokenizer: str = "char"          # char | word (word pieces: for tasks with made-up words); ignored with init
-    dropout: float = 0.0             # synthetic data never repeats, so no regularisation is needed
-    lr: float = 3e-3                 # AdamW peak learning rate
-    warmup: int = 100                # linear warm-up steps (restarted with each coconut stage)
-    decay: str = "none"              # after warm-up: none (constant) | cosine (to 10 % of lr at the stage's end)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0           # max global gradient norm
-    batch_size: int = 64
-    steps: int = 3000                # optimizer steps (coconut: per stage)
-    c: int = 1                       # coconut: latent thoughts per replaced step
-    max_stage: int | None = None     # coconut: last stage (all steps latent); None = the task's step count
-    start_stage: int = 1             # coconut: first stage trained (0 = markers only)
-    mix_prob: float = 0.0            # coconut: chance a batch uses a random earlier stage (against forgetting)
-    reset_optimizer: bool = True     # coconut: fresh optimizer state at each stage, as in the paper
-    seed: int = 0                    # model init, data order, stage mixing
-    device: str = "cpu"              # cpu | cuda | cuda:N
-    dtype: str = "float32"           # float32 | float64 (float64 for exact tests)
-    save_dtype: str = "float32"      # dtype of the saved weights; the card's accuracy is measured on exactly them
-    eval_every: int = 500            # steps between validation checks and checkpoints
-    eval_examples: int = 200         # valid-split examples per check
-    test_examples: int = 500         # test-split examples for the card
-
-    def __post_init__(self):
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise InputError(message)
-        check(self.method in METHODS, f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.arch.partition(":")[0] == "looped":
-            parse_spec(self.arch)  # raises InputError naming a bad option
-        else:
-            check(self.arch in ARCHITECTURES,
-                  f"unknown arch {self.arch!r}; valid: {', '.join(ARCHITECTURES)}, looped:k=K,L=L,...")
-        check(self.method != "coconut" or self.init is not None,
-              "--method coconut needs --init DIR, a cot model of the same task to start from")
-        check(self.method == "coconut" or self.init is None, "--init only applies to --method coconut")
-        for name in ("hidden", "layers", "heads", "batch_size", "steps", "c", "eval_every", "eval_examples",
-                     "test_examples"):
-            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{name} must be an integer >= 1")
-        check(self.hidden % self.heads == 0, f"hidden {self.hidden} is not divisible by heads {self.heads}")
-        check(self.lr > 0 and self.warmup >= 0 and self.weight_decay >= 0 and self.grad_clip > 0,
-              "lr and grad_clip must be > 0, warmup and weight_decay >= 0")
-        check(self.tokenizer in TOKENIZER_KINDS,
-              f"unknown tokenizer {self.tokenizer!r}; valid: {', '.join(TOKENIZER_KINDS)}")
-        check(self.decay in LR_DECAYS, f"unknown lr decay {self.decay!r}; valid: {', '.join(LR_DECAYS)}")
-        check(0 <= self.dropout < 1 and 0 <= self.mix_prob <= 1, "dropout must be in [0, 1), mix_prob in [0, 1]")
-        check(self.max_stage is None or self.max_stage >= 1, "max_stage must be >= 1")
-        check(self.start_stage >= 0 and (self.max_stage is None or self.start_stage <= self.max_stage),
-              "start_stage must be in 0..max_stage")
-        check(self.device == "cpu" or self.device.startswith("cuda"), f"unknown device {self.device!r}")
-        check(self.dtype in ("float32", "float64"), f"unknown dtype {self.dtype!r}; valid: float32, float64")
-        check(self.save_dtype in SAVE_DTYPES, f"unknown save dtype {self.save_dtype!r}; valid: {', '.join(SAVE_DTYPES)}")
-
-    @property
-    def stages(self) -> list[int]:
-        return list(range(self.start_stage, self.max_stage + 1)) if self.method == "coconut" else [0]
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps * len(self.stages)
-
-    def layout(self, stage: int) -> Layout:
-        return Layout(self.method, stage, self.c, self.max_stage or 1)
-
-    def decode(self, stage: int) -> dict:
-        """How a model of this config at ``stage`` is decoded (the card's ``decode``)."""
-        if self.method != "coconut":
-            return {"gate": "token"}
-        return {"gate": "fixed", "k": stage * self.c, "latent": "hidden", "markers": list(MARKERS)}
+# What --resume takes from the command rather than from the saved run: none of them changes the
+# steps already taken (steps may grow; the device and the dtype of the final weights are free).
+APPLIED_ON_RESUME = ("steps", "device", "save_dtype")
 
 
 def learning_rate(cfg: TrainConfig, within: int) -> float:
@@ -171,25 +100,82 @@ def _tokenizer_kind(model_dir: Path) -> str:
     return config.get("tokenizer", "char")
 
 
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device this machine does not have, before anything is written."""
+    if device.startswith("cuda"):
+        require(torch.cuda.is_available(), f"device {device} was asked for but no CUDA device is available")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        require(index < count, f"device {device} does not exist: this machine has {count} CUDA device(s)")
+
+
+def _check_init(init: Path) -> None:
+    require((init / "config.json").is_file() and (init / PROMPT_FILE).is_file(),
+            f"--init {init} is not a trained zoo model (needs config.json and {PROMPT_FILE})")
+
+
+def _load_task(cfg: TrainConfig, out: Path, resume: bool) -> Task:
+    """The task, prompted with the template the model is (or was) trained with; reads, never writes."""
+    if resume:
+        return load_task(cfg.task, str(out / PROMPT_FILE))
+    if cfg.init is not None:
+        return load_task(cfg.task, str(Path(cfg.init) / PROMPT_FILE))
+    with tempfile.TemporaryDirectory() as scratch:  # load_task takes a template from a file only
+        return load_task(cfg.task, str(write_prompt_file(Path(scratch))))
+
+
+def _read_tokenizer(model_dir: Path):
+    return load_tokenizer(str(model_dir), ModelConfig(str(model_dir)))
+
+
+def _train_examples(cfg: TrainConfig, task: Task, step: int) -> list[Example]:
+    """The batch of step ``step``: a pure function of (seed, step), so a resumed run draws the same."""
+    return task.examples("train", cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
+
+
+def _check_examples(cfg: TrainConfig, task: Task) -> list[Example]:
+    """The valid examples. A train batch and the test examples are drawn too (cheap and deterministic),
+    so a task that cannot fill a split is refused before anything is written."""
+    _train_examples(cfg, task, 0)
+    task.examples("test", cfg.test_examples, cfg.seed)
+    return task.examples("valid", cfg.eval_examples, cfg.seed)
+
+
+def _write_start(cfg: TrainConfig, out: Path, tokenizer) -> None:
+    """A fresh run's first files: the prompt template (an init model's own) and the tokenizer."""
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.init is not None:
+        shutil.copy(Path(cfg.init) / PROMPT_FILE, out / PROMPT_FILE)
+    else:
+        write_prompt_file(out)
+    tokenizer.save_pretrained(out)
+
+
 def _prepare(cfg: TrainConfig, out: Path, resume: bool):
-    """(model, tokenizer, task) ready to train; writes prompt + tokenizer on a fresh start."""
+    """(cfg, model, tokenizer, task, valid examples) ready to train, with ``cfg`` resolved (an init
+    model's shape and tokenizer, coconut's last stage). Every input is read and checked first; only
+    then does a fresh start write prompt.json and the tokenizer, so a refused command writes nothing."""
+    _check_device(cfg.device)
+    if cfg.init is not None:
+        _check_init(Path(cfg.init))
+    task = _load_task(cfg, out, resume)
+    if cfg.init is not None:
+        init = load_model(ModelConfig(cfg.init, device="cpu", dtype="float32"))
+        model, tokenizer = init.model, init.tokenizer
+        # record the shape actually trained, not the defaults that an init model overrides
+        cfg = dataclasses.replace(cfg, **_shape_of(model.config), tokenizer=_tokenizer_kind(Path(cfg.init)))
+    else:
+        tokenizer = _read_tokenizer(out) if resume else task_tokenizer(task, ANSWER_PREFIX, kind=cfg.tokenizer)
+        model = _new_model(cfg, tokenizer)
+    if cfg.method == "coconut" and cfg.max_stage is None:
+        steps_per_example = len(task.examples("train", 1, cfg.seed)[0].steps)
+        cfg = dataclasses.replace(cfg, max_stage=max(1, steps_per_example))
+    valid = _check_examples(cfg, task)
     if not resume:
-        if cfg.init is not None:
-            init = Path(cfg.init)
-            if not (init / "config.json").is_file() or not (init / PROMPT_FILE).is_file():
-                raise InputError(f"--init {init} is not a trained zoo model (needs config.json and {PROMPT_FILE})")
-            shutil.copy(init / PROMPT_FILE, out / PROMPT_FILE)
-            AutoTokenizer.from_pretrained(init).save_pretrained(out)
-        else:
-            write_prompt_file(out)
-            task = load_task(cfg.task, str(out / PROMPT_FILE))
-            task_tokenizer(task, ANSWER_PREFIX, kind=cfg.tokenizer).save_pretrained(out)
-    task = load_task(cfg.task, str(out / PROMPT_FILE))
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(cfg.init) if cfg.init else _new_model(cfg, tokenizer)
+        _write_start(cfg, out, tokenizer)
+    # Read back what was written, so a fresh run and a resumed one tokenize with the very same files.
+    tokenizer = _read_tokenizer(out)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    return model.to(device=cfg.device, dtype=dtype), tokenizer, task
+    return cfg, model.to(device=cfg.device, dtype=dtype), tokenizer, task, valid
 
 
 def evaluate(model, tokenizer, task, examples, decode: dict, batch_size: int = 100) -> float:
@@ -230,20 +216,21 @@ def _optimizer(cfg: TrainConfig, model) -> torch.optim.AdamW:
 
 
 def _check_out(cfg: TrainConfig, out: Path, resume: bool) -> TrainConfig:
-    """The config to train with: ``cfg``, or on resume the saved one (only ``steps`` may grow)."""
+    """The config to train with: ``cfg``, or on resume the saved one with APPLIED_ON_RESUME taken
+    from ``cfg``; any other setting that differs from the saved run is refused, never ignored."""
     if not resume:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise InputError(f"output directory {out} is not empty (pass --resume to continue it)")
+        require(not out.exists() or (out.is_dir() and not any(out.iterdir())),
+                f"output directory {out} is not empty (pass --resume to continue it)")
         return cfg
-    if not (out / CHECKPOINT).is_file():
-        raise InputError(f"nothing to resume: {out / CHECKPOINT} does not exist")
-    saved = TrainConfig(**torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")["config"])
-    free = ("steps", "device", "max_stage", "save_dtype") + (INIT_FIELDS if cfg.init else ())  # with init these are the init's
-    differ = [f.name for f in dataclasses.fields(cfg) if f.name not in free
+    require((out / CHECKPOINT).is_file(), f"nothing to resume: {out / CHECKPOINT} does not exist")
+    saved = from_mapping(TrainConfig, torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")["config"])
+    # What the command leaves open stands for the saved run's resolved value: max_stage None (the
+    # task's step count) and, with an init model, the init's shape and tokenizer.
+    inherited = (() if cfg.max_stage is not None else ("max_stage",)) + (INIT_FIELDS if cfg.init else ())
+    differ = [f.name for f in dataclasses.fields(cfg) if f.name not in APPLIED_ON_RESUME + inherited
               and getattr(cfg, f.name) != getattr(saved, f.name)]
-    if differ:
-        raise InputError(f"--resume with settings that differ from the saved run: {', '.join(differ)}")
-    return dataclasses.replace(saved, steps=cfg.steps, device=cfg.device)
+    require(not differ, f"--resume with settings that differ from the saved run: {', '.join(differ)}")
+    return dataclasses.replace(saved, **{name: getattr(cfg, name) for name in APPLIED_ON_RESUME})
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[str] | None = None,
@@ -252,13 +239,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
     after checkpointing, as an interruption would (``resume`` continues from there)."""
     out = Path(out).expanduser()
     cfg = _check_out(cfg, out, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, task = _prepare(cfg, out, resume)
-    if cfg.init is not None:  # record the shape actually trained, not the ignored defaults
-        cfg = dataclasses.replace(cfg, **_shape_of(model.config), tokenizer=_tokenizer_kind(Path(cfg.init)))
-    if cfg.method == "coconut" and cfg.max_stage is None:
-        steps_per_example = len(task.examples("train", 1, cfg.seed)[0].steps)
-        cfg = dataclasses.replace(cfg, max_stage=max(1, steps_per_example))
+    cfg, model, tokenizer, task, valid = _prepare(cfg, out, resume)
     optimizer, step, seconds = _optimizer(cfg, model), 0, 0.0
     if resume:
         state = torch.load(out / CHECKPOINT, weights_only=False, map_location=cfg.device)
@@ -266,7 +247,6 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
         optimizer.load_state_dict(state["optimizer"])
         step, seconds = state["step"], state["seconds"]
         torch.set_rng_state(state["rng"])
-    valid = task.examples("valid", cfg.eval_examples, cfg.seed)
     model.train()
     started, losses = time.monotonic() - seconds, []
     bar = tqdm(total=cfg.total_steps, initial=step, disable=not progress, desc=f"train {cfg.method}", unit="step")
@@ -278,7 +258,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
             optimizer = _optimizer(cfg, model)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, within)
-        examples = task.examples("train", cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
+        examples = _train_examples(cfg, task, step)
         batch = encode(tokenizer, [task.prompt(e) for e in examples], examples,
                        cfg.layout(_batch_stage(cfg, step, stage))).to(cfg.device)
         # a looped model may draw its loop count per step (seeded by step, so resume draws the same)
@@ -315,13 +295,11 @@ def resave(model_dir: Path, save_dtype: str) -> dict:
     then names ``--save-dtype``: what the command would have produced directly."""
     model_dir = Path(model_dir)
     card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
-    cfg = TrainConfig(**{**card["config"], "save_dtype": save_dtype, "device": "cpu"})
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
+    cfg = from_mapping(TrainConfig, {**card["config"], "save_dtype": save_dtype, "device": "cpu"})
+    loaded = load_model(ModelConfig(str(model_dir), device="cpu", dtype="float32"))
     task = load_task(cfg.task, str(model_dir / PROMPT_FILE))
     argv = [a for a in shlex.split(card["train_command"] or "") if a] + ["--save-dtype", save_dtype]
-    return _finish(cfg, model_dir, model, tokenizer, task, card["train_seconds"], argv)
+    return _finish(cfg, model_dir, loaded.model, loaded.tokenizer, task, card["train_seconds"], argv)
 
 
 def _save_checkpoint(out: Path, cfg: TrainConfig, model, optimizer, step: int, stage: int, seconds: float) -> None:
@@ -336,7 +314,7 @@ def _finish(cfg: TrainConfig, out: Path, model, tokenizer, task, seconds: float,
     """Test accuracy, HF weights and the card."""
     decode = cfg.decode(cfg.stages[-1])
     test = task.examples("test", cfg.test_examples, cfg.seed)
-    saved = SAVE_DTYPES[cfg.save_dtype]
+    saved = getattr(torch, cfg.save_dtype)  # float32 | float16 | bfloat16
     with torch.no_grad():  # round to the saved precision first, so the card describes the shipped weights
         for parameter in model.parameters():
             parameter.copy_(parameter.to(saved))

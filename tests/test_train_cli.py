@@ -1,0 +1,130 @@
+"""`latentcot train` on the command line: options generated from TrainConfig, the typed command on
+the card, bad input refused before anything is written, --save-dtype applied on --resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import typer
+from safetensors import safe_open
+from test_cli import cli
+
+from latentcot import cli as cli_module
+from latentcot.zoo import train as zoo_train
+from latentcot.zoo.data import PROMPT_FILE, TrainConfig, write_prompt_file
+
+# The options `latentcot train` had when they were declared by hand, plus two optimizer settings that
+# only TrainConfig had (dropout, dtype and reset_optimizer stay off the command line).
+OPTIONS = {"--task", "-t", "--method", "--out", "-o", "--init", "--steps", "--arch", "--hidden", "--layers", "--heads",
+           "--tokenizer", "--lr", "--warmup", "--decay", "--batch-size", "--c", "--max-stage", "--start-stage",
+           "--mix-prob", "--eval-every", "--eval-examples", "--test-examples", "--seed", "--device", "--save-dtype",
+           "--resume", "--weight-decay", "--grad-clip"}
+TINY = ["--steps", "2", "--eval-every", "2", "--batch-size", "4", "--eval-examples", "2", "--test-examples", "2",
+        "--hidden", "32", "--layers", "1", "--heads", "2"]
+
+
+def _train_command():
+    return typer.main.get_command(cli_module.app).commands["train"]
+
+
+def test_every_option_comes_from_a_trainconfig_field_with_its_default_and_help():
+    params = {p.name: p for p in _train_command().params}
+    assert {o for p in params.values() for o in p.opts} == OPTIONS
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(params) - set(fields) == {"out", "resume"}
+    assert set(fields) - set(params) == {"dropout", "dtype", "reset_optimizer"}
+    for name, param in params.items():
+        if name in fields:
+            field = fields[name]
+            assert param.help == field.metadata["help"] and field.metadata["help"], name
+            assert param.required == (field.default is dataclasses.MISSING), name
+            if not param.required:
+                assert param.default == field.default, name
+
+
+def test_options_build_the_config_and_the_card_records_the_command_as_typed(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(cfg, out, *, resume, argv):
+        seen.update(cfg=cfg, out=out, resume=resume, argv=argv)
+        return {"test_accuracy": 0.5, "test_examples": 2}
+
+    monkeypatch.setattr(zoo_train, "train", fake_train)
+    out = tmp_path / "m"
+    assert cli("train", "-t", "addition:n=2,digits=1", "--method", "cot", "-o", out, "--max-stage", "3",
+               "--lr", "0.01", "--batch-size", "8", "--weight-decay", "0", "--resume") == 0
+    assert seen["cfg"] == TrainConfig(task="addition:n=2,digits=1", method="cot", max_stage=3, lr=0.01, batch_size=8,
+                                      weight_decay=0.0)
+    assert seen["out"] == out and seen["resume"] is True
+    assert seen["argv"] == ["latentcot", "train", "--task", "addition:n=2,digits=1", "--method", "cot", "--out",
+                            str(out), "--resume", "--lr", "0.01", "--weight-decay", "0.0", "--batch-size", "8",
+                            "--max-stage", "3"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "fast"], "Invalid value for '--lr'"),
+    (["--decay", "linear"], "unknown lr decay 'linear'"),
+    (["--hidden", "30", "--heads", "4"], "hidden 30 is not divisible by heads 4"),
+    (["--reset-optimizer"], "No such option: --reset-optimizer"),
+])
+def test_a_bad_option_is_one_line_and_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "m"
+    assert cli("train", "--task", "addition", "--method", "cot", "--out", out, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("latentcot: error:") and message in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad, where", [
+    ("", "data.jsonl: no examples in file"),
+    ('{"question": "1 + 2 ="}\n', "data.jsonl:1: missing field 'answer'"),
+])
+def test_a_bad_task_file_writes_nothing_so_the_same_command_runs_once_it_is_fixed(tmp_path, capsys, bad, where):
+    data, out = tmp_path / "data.jsonl", tmp_path / "model"
+    command = ["train", "--task", data, "--method", "cot", "--out", out, *TINY]
+    data.write_text(bad)
+    assert cli(*command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("latentcot: error:") and where in err, err
+    assert not out.exists()
+
+    out.mkdir()  # an empty directory is as good as none
+    assert cli(*command) == 2 and not any(out.iterdir())
+
+    rows = [{"question": f"{a} + {b} =", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6)]]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert cli(*command) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["task"] == str(data) and card["test_examples"] == 2
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("{}", "prompt file: field 'template' must be a non-empty string"),
+    (None, "cannot load a tokenizer"),   # a valid prompt, but the model directory has no tokenizer
+])
+def test_a_bad_init_model_writes_nothing(tmp_path, capsys, prompt, message):
+    init, out = tmp_path / "init", tmp_path / "model"
+    init.mkdir()
+    (init / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    if prompt is None:
+        write_prompt_file(init)
+    else:
+        (init / PROMPT_FILE).write_text(prompt)
+    assert cli("train", "--task", "addition", "--method", "coconut", "--init", init, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("latentcot: error:") and message in err, err
+    assert not out.exists()
+
+
+def test_save_dtype_applies_on_resume(tmp_path):
+    out = tmp_path / "model"
+    command = ["train", "--task", "addition:n=2,digits=1", "--method", "cot", "--out", out, *TINY]
+    assert cli(*command) == 0
+    assert cli(*command, "--resume", "--save-dtype", "float16") == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["config"]["save_dtype"] == "float16"
+    assert "--resume" in card["train_command"] and "--save-dtype float16" in card["train_command"]
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}
