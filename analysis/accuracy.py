@@ -8,19 +8,39 @@ thresholds in nats, bits or normalized units are not comparable with each other.
 per-domain threshold map (``threshold_map``) is not a point of any τ curve: its records already
 sit at their own domain's τ, so it appears in the settings and Pareto tables only.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .stats import AnalysisOptions, bin_edges, cluster_counts, bin_index, percentile_interval, pareto_front, \
-    wilson_interval, z_value
+from .stats import (
+    AnalysisOptions,
+    bin_edges,
+    bin_index,
+    cluster_counts,
+    pareto_front,
+    percentile_interval,
+    wilson_interval,
+    z_value,
+)
 
 GATE_ORDER = {"token": 0, "latent": 1, "fixed": 2, "entropy": 3}
-EXAMPLE = ["task_spec", "example_id"]   # one example across settings
+EXAMPLE = ["task_spec", "example_id"]  # one example across settings
 # setting keys that, with τ, define an entropy-gate setting; families differ in at least one
-FAMILY_KEYS = ("unit", "latent", "latent_temperature", "latent_top_k", "max_consecutive",
-               "max_latent", "temperature", "top_p", "top_k", "max_new_tokens", "markers")
+FAMILY_KEYS = (
+    "unit",
+    "latent",
+    "latent_temperature",
+    "latent_top_k",
+    "max_consecutive",
+    "max_latent",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "markers",
+)
 
 
 def _text(value) -> str:
@@ -63,12 +83,21 @@ def _accuracy_columns(table: pd.DataFrame, options: AnalysisOptions) -> pd.DataF
 
 def settings_table(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOptions()) -> pd.DataFrame:
     """Accuracy (Wilson CI), latent fraction, forward passes and mean entropy per domain and setting."""
-    table = (samples.groupby(["domain", "setting_id"], observed=True)
-             .agg(gate=("gate", "first"), threshold=("threshold", "first"), unit=("unit", "first"),
-                  latent=("latent", "first"), n=("correct", "size"), correct=("correct", "sum"),
-                  latent_fraction=("latent_fraction", "mean"), forward_passes=("forward_passes", "mean"),
-                  mean_entropy=("mean_entropy", "mean"))
-             .reset_index())
+    table = (
+        samples.groupby(["domain", "setting_id"], observed=True)
+        .agg(
+            gate=("gate", "first"),
+            threshold=("threshold", "first"),
+            unit=("unit", "first"),
+            latent=("latent", "first"),
+            n=("correct", "size"),
+            correct=("correct", "sum"),
+            latent_fraction=("latent_fraction", "mean"),
+            forward_passes=("forward_passes", "mean"),
+            mean_entropy=("mean_entropy", "mean"),
+        )
+        .reset_index()
+    )
     table = _accuracy_columns(table, options)
     table["latent"] = table["latent"].where(table["gate"] != "token")  # a token gate feeds no latent
     table["order"] = table["gate"].map(GATE_ORDER).fillna(len(GATE_ORDER))
@@ -79,16 +108,40 @@ def settings_table(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOpt
 def accuracy_vs_threshold(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOptions()) -> pd.DataFrame:
     """Accuracy (Wilson CI) and latent fraction (normal CI) per domain, family and τ."""
     rows = threshold_rows(samples)
-    columns = ["domain", "family", "unit", "latent", "threshold", "setting_id", "n", "correct", "accuracy",
-               "lo", "hi", "latent_fraction", "latent_lo", "latent_hi", "forward_passes", "enough"]
+    columns = [
+        "domain",
+        "family",
+        "unit",
+        "latent",
+        "threshold",
+        "setting_id",
+        "n",
+        "correct",
+        "accuracy",
+        "lo",
+        "hi",
+        "latent_fraction",
+        "latent_lo",
+        "latent_hi",
+        "forward_passes",
+        "enough",
+    ]
     if rows.empty:
         return pd.DataFrame(columns=columns)
-    table = (rows.groupby(["domain", "family", "threshold"], observed=True)
-             .agg(unit=("unit", "first"), latent=("latent", "first"), setting_id=("setting_id", "first"),
-                  n=("correct", "size"), correct=("correct", "sum"),
-                  latent_fraction=("latent_fraction", "mean"), latent_sd=("latent_fraction", "std"),
-                  forward_passes=("forward_passes", "mean"))
-             .reset_index())
+    table = (
+        rows.groupby(["domain", "family", "threshold"], observed=True)
+        .agg(
+            unit=("unit", "first"),
+            latent=("latent", "first"),
+            setting_id=("setting_id", "first"),
+            n=("correct", "size"),
+            correct=("correct", "sum"),
+            latent_fraction=("latent_fraction", "mean"),
+            latent_sd=("latent_fraction", "std"),
+            forward_passes=("forward_passes", "mean"),
+        )
+        .reset_index()
+    )
     table = _accuracy_columns(table, options)
     half = z_value(options.confidence) * table["latent_sd"].fillna(0) / np.sqrt(table["n"])
     table["latent_lo"] = (table["latent_fraction"] - half).clip(0, 1)
@@ -104,8 +157,9 @@ def correctness_matrix(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return wide.to_numpy(dtype=float), wide.columns.to_numpy(dtype=float)
 
 
-def best_thresholds(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOptions(),
-                    rng: np.random.Generator | None = None) -> pd.DataFrame:
+def best_thresholds(
+    samples: pd.DataFrame, options: AnalysisOptions = AnalysisOptions(), rng: np.random.Generator | None = None
+) -> pd.DataFrame:
     """Best τ per domain and family (highest accuracy; ties go to the smallest τ) with the Wilson
     interval of its accuracy, and how stable the choice is: a bootstrap over examples (each
     replicate resamples examples, keeping their results at every τ together) gives a percentile
@@ -120,19 +174,46 @@ def best_thresholds(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOp
         accuracy = matrix.mean(axis=0)
         best = int(np.argmax(accuracy))
         n = len(matrix)
-        chosen = np.concatenate([taus[np.argmax(np.einsum("ij,jk->ik", counts, matrix), axis=1)]
-                                 for counts in cluster_counts(n, options.n_boot, rng)])
+        chosen = np.concatenate(
+            [
+                taus[np.argmax(np.einsum("ij,jk->ik", counts, matrix), axis=1)]
+                for counts in cluster_counts(n, options.n_boot, rng)
+            ]
+        )
         alpha = (1 - options.confidence) / 2
         lo, hi = wilson_interval(matrix[:, best].sum(), n, options.confidence)
-        out.append({"domain": domain, "family": family, "best_threshold": taus[best],
-                    "accuracy": accuracy[best], "lo": float(lo), "hi": float(hi), "n": n,
-                    "threshold_lo": np.quantile(chosen, alpha, method="lower"),
-                    "threshold_hi": np.quantile(chosen, 1 - alpha, method="higher"),
-                    "stability": float(np.mean(chosen == taus[best])), "n_thresholds": len(taus),
-                    "n_tied": int(np.sum(accuracy == accuracy[best])),
-                    "enough": n >= options.min_points})
-    columns = ["domain", "family", "best_threshold", "accuracy", "lo", "hi", "n", "threshold_lo",
-               "threshold_hi", "stability", "n_thresholds", "n_tied", "enough"]
+        out.append(
+            {
+                "domain": domain,
+                "family": family,
+                "best_threshold": taus[best],
+                "accuracy": accuracy[best],
+                "lo": float(lo),
+                "hi": float(hi),
+                "n": n,
+                "threshold_lo": np.quantile(chosen, alpha, method="lower"),
+                "threshold_hi": np.quantile(chosen, 1 - alpha, method="higher"),
+                "stability": float(np.mean(chosen == taus[best])),
+                "n_thresholds": len(taus),
+                "n_tied": int(np.sum(accuracy == accuracy[best])),
+                "enough": n >= options.min_points,
+            }
+        )
+    columns = [
+        "domain",
+        "family",
+        "best_threshold",
+        "accuracy",
+        "lo",
+        "hi",
+        "n",
+        "threshold_lo",
+        "threshold_hi",
+        "stability",
+        "n_thresholds",
+        "n_tied",
+        "enough",
+    ]
     return pd.DataFrame(out, columns=columns)
 
 
@@ -148,8 +229,9 @@ def _choose(matrices: list[np.ndarray], masks: list[np.ndarray]) -> tuple[int, l
     return int(np.argmax(pooled)), [int(np.argmax(m[mask].mean(axis=0))) for m, mask in zip(matrices, masks)]
 
 
-def per_domain_vs_global(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOptions(),
-                         rng: np.random.Generator | None = None) -> pd.DataFrame:
+def per_domain_vs_global(
+    samples: pd.DataFrame, options: AnalysisOptions = AnalysisOptions(), rng: np.random.Generator | None = None
+) -> pd.DataFrame:
     """Does choosing τ per domain beat one global τ? Per family, on the τ values every domain has:
 
     * in-sample: accuracy of each strategy when τ is chosen and scored on the same examples (the
@@ -184,35 +266,72 @@ def per_domain_vs_global(samples: pd.DataFrame, options: AnalysisOptions = Analy
         diff = np.concatenate(held_domain) - np.concatenate(held_global)
         boot = diff[rng.integers(0, len(diff), size=(options.n_boot, len(diff)))].mean(axis=1)
         lo, hi = percentile_interval(boot, options.confidence)
-        out.append({
-            "family": family, "n_domains": len(domains), "n_examples": n_total, "n_thresholds": len(taus),
-            "global_threshold": taus[g_all],
-            "per_domain_threshold": "; ".join(f"{d}={_text(taus[t])}" for d, t in zip(domains, d_all)),
-            "in_sample_global": sum(m[:, g_all].sum() for m in matrices) / n_total,
-            "in_sample_per_domain": sum(m[:, t].sum() for m, t in zip(matrices, d_all)) / n_total,
-            "heldout_global": float(np.concatenate(held_global).mean()),
-            "heldout_per_domain": float(np.concatenate(held_domain).mean()),
-            "gain": float(diff.mean()), "gain_lo": float(lo), "gain_hi": float(hi), "folds": options.folds,
-            "enough": n_total >= options.min_points})
-    columns = ["family", "n_domains", "n_examples", "n_thresholds", "global_threshold", "per_domain_threshold",
-               "in_sample_global", "in_sample_per_domain", "heldout_global", "heldout_per_domain", "gain",
-               "gain_lo", "gain_hi", "folds", "enough"]
+        out.append(
+            {
+                "family": family,
+                "n_domains": len(domains),
+                "n_examples": n_total,
+                "n_thresholds": len(taus),
+                "global_threshold": taus[g_all],
+                "per_domain_threshold": "; ".join(f"{d}={_text(taus[t])}" for d, t in zip(domains, d_all)),
+                "in_sample_global": sum(m[:, g_all].sum() for m in matrices) / n_total,
+                "in_sample_per_domain": sum(m[:, t].sum() for m, t in zip(matrices, d_all)) / n_total,
+                "heldout_global": float(np.concatenate(held_global).mean()),
+                "heldout_per_domain": float(np.concatenate(held_domain).mean()),
+                "gain": float(diff.mean()),
+                "gain_lo": float(lo),
+                "gain_hi": float(hi),
+                "folds": options.folds,
+                "enough": n_total >= options.min_points,
+            }
+        )
+    columns = [
+        "family",
+        "n_domains",
+        "n_examples",
+        "n_thresholds",
+        "global_threshold",
+        "per_domain_threshold",
+        "in_sample_global",
+        "in_sample_per_domain",
+        "heldout_global",
+        "heldout_per_domain",
+        "gain",
+        "gain_lo",
+        "gain_hi",
+        "folds",
+        "enough",
+    ]
     return pd.DataFrame(out, columns=columns)
 
 
 def accuracy_vs_entropy(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOptions()) -> pd.DataFrame:
     """Accuracy (Wilson CI) per bin of the example's mean step entropy, per domain and setting
     (bins shared by all domains and settings)."""
-    columns = ["domain", "setting_id", "gate", "bin_left", "bin_right", "entropy", "n", "correct",
-               "accuracy", "lo", "hi", "enough"]
+    columns = [
+        "domain",
+        "setting_id",
+        "gate",
+        "bin_left",
+        "bin_right",
+        "entropy",
+        "n",
+        "correct",
+        "accuracy",
+        "lo",
+        "hi",
+        "enough",
+    ]
     rows = samples[np.isfinite(samples["mean_entropy"].to_numpy(dtype=float))]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     edges = bin_edges(rows["mean_entropy"], options.accuracy_bins)
     rows = rows.assign(bin=bin_index(rows["mean_entropy"], edges))
-    table = (rows.groupby(["domain", "setting_id", "bin"], observed=True)
-             .agg(gate=("gate", "first"), n=("correct", "size"), correct=("correct", "sum"))
-             .reset_index())
+    table = (
+        rows.groupby(["domain", "setting_id", "bin"], observed=True)
+        .agg(gate=("gate", "first"), n=("correct", "size"), correct=("correct", "sum"))
+        .reset_index()
+    )
     table["bin_left"], table["bin_right"] = edges[table["bin"]], edges[table["bin"] + 1]
     table["entropy"] = (table["bin_left"] + table["bin_right"]) / 2
     return _accuracy_columns(table, options)[columns]
@@ -224,8 +343,20 @@ def pareto_table(settings: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for _, part in settings.groupby("domain", observed=True):
         parts.append(part.assign(pareto=pareto_front(part["forward_passes"], part["accuracy"])))
-    columns = ["domain", "setting_id", "gate", "threshold", "latent", "forward_passes", "accuracy",
-               "lo", "hi", "n", "enough", "pareto"]
+    columns = [
+        "domain",
+        "setting_id",
+        "gate",
+        "threshold",
+        "latent",
+        "forward_passes",
+        "accuracy",
+        "lo",
+        "hi",
+        "n",
+        "enough",
+        "pareto",
+    ]
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts, ignore_index=True)[columns].sort_values(["domain", "forward_passes"]).reset_index(drop=True)

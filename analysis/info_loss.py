@@ -10,10 +10,11 @@ and by Spearman's ρ, both with record-level cluster-bootstrap intervals (see ``
 Note: ``1 − p`` and ``−log p`` are both decreasing functions of ``p_token``, so their rank
 correlations with H are identical; the binned curves differ.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -24,24 +25,43 @@ from .stats import AnalysisOptions, bin_edges, binned_means, spearman_ci
 
 @dataclass(frozen=True)
 class StepMetric:
-    name: str                                   # column-safe id used in tables
-    label: str                                  # axis label
-    mode: str                                   # the step mode it is defined at
-    column: str                                 # the steps-frame column it needs
-    values: Callable[[pd.Series], np.ndarray]   # column -> metric values
+    name: str  # column-safe id used in tables
+    label: str  # axis label
+    mode: str  # the step mode it is defined at
+    column: str  # the steps-frame column it needs
+    values: Callable[[pd.Series], np.ndarray]  # column -> metric values
 
 
 STEP_METRICS = (
-    StepMetric("discarded", "discarded mass 1 − p(token)", "token", "p_token",
-               lambda p: 1.0 - p.to_numpy(dtype=float)),
-    StepMetric("surprisal", "surprisal −log p(token) (nats)", "token", "p_token",
-               lambda p: -np.log(np.clip(p.to_numpy(dtype=float), 1e-300, None))),
-    StepMetric("kl_counterfactual", "KL(latent fed ‖ token fed) (nats)", "token", "kl_counterfactual",
-               lambda v: v.to_numpy(dtype=float)),
-    StepMetric("latent_token_cos", "max cosine latent vs token embeddings", "latent", "latent_token_cos",
-               lambda v: v.to_numpy(dtype=float)),
-    StepMetric("latent_norm", "‖latent‖ / ‖nearest token embedding‖", "latent", "latent_norm",
-               lambda v: v.to_numpy(dtype=float)),
+    StepMetric("discarded", "discarded mass 1 − p(token)", "token", "p_token", lambda p: 1.0 - p.to_numpy(dtype=float)),
+    StepMetric(
+        "surprisal",
+        "surprisal −log p(token) (nats)",
+        "token",
+        "p_token",
+        lambda p: -np.log(np.clip(p.to_numpy(dtype=float), 1e-300, None)),
+    ),
+    StepMetric(
+        "kl_counterfactual",
+        "KL(latent fed ‖ token fed) (nats)",
+        "token",
+        "kl_counterfactual",
+        lambda v: v.to_numpy(dtype=float),
+    ),
+    StepMetric(
+        "latent_token_cos",
+        "max cosine latent vs token embeddings",
+        "latent",
+        "latent_token_cos",
+        lambda v: v.to_numpy(dtype=float),
+    ),
+    StepMetric(
+        "latent_norm",
+        "‖latent‖ / ‖nearest token embedding‖",
+        "latent",
+        "latent_norm",
+        lambda v: v.to_numpy(dtype=float),
+    ),
 )
 METRIC_LABELS = {m.name: m.label for m in STEP_METRICS}
 
@@ -71,8 +91,9 @@ def entropy_by_domain(steps: pd.DataFrame) -> pd.DataFrame:
     """Entropy (nats) distribution per domain and step mode (``all`` = token and latent steps)."""
     decoded = steps[steps["mode"] != "marker"]
     both = pd.concat([decoded, decoded.assign(mode="all")], ignore_index=True)
-    table = (both.groupby(["domain", "mode"], observed=True)["entropy"]
-             .describe(percentiles=[0.1, 0.5, 0.9]).reset_index())
+    table = (
+        both.groupby(["domain", "mode"], observed=True)["entropy"].describe(percentiles=[0.1, 0.5, 0.9]).reset_index()
+    )
     table = table.rename(columns={"count": "n", "10%": "q10", "50%": "median", "90%": "q90"})
     table["n"] = table["n"].astype(int)
     return table[["domain", "mode", "n", "mean", "std", "min", "q10", "median", "q90", "max"]]
@@ -92,8 +113,9 @@ def _metric_frames(steps: pd.DataFrame, metrics: list[StepMetric]):
             yield domain, metric, x[keep], y[keep], codes[rows][at_mode][keep]
 
 
-def info_loss_bins(steps: pd.DataFrame, options: AnalysisOptions = AnalysisOptions(),
-                   rng: np.random.Generator | None = None) -> pd.DataFrame:
+def info_loss_bins(
+    steps: pd.DataFrame, options: AnalysisOptions = AnalysisOptions(), rng: np.random.Generator | None = None
+) -> pd.DataFrame:
     """Mean of each available metric per (non-empty) entropy bin and domain, with a bootstrap
     interval; ``enough`` is False for bins with fewer than ``options.min_points`` steps."""
     rng = rng if rng is not None else options.rng()
@@ -101,18 +123,44 @@ def info_loss_bins(steps: pd.DataFrame, options: AnalysisOptions = AnalysisOptio
     parts = []
     for domain, metric, x, y, codes in _metric_frames(steps, available_metrics(steps)):
         b = binned_means(x, y, codes, edges, rng, options.n_boot, options.confidence)
-        parts.append(pd.DataFrame({
-            "domain": domain, "metric": metric.name, "mode": metric.mode,
-            "bin_left": b.left, "bin_right": b.right, "entropy": b.centre,
-            "n": b.n, "n_records": b.n_clusters, "mean": b.mean, "lo": b.lo, "hi": b.hi,
-            "enough": b.n >= options.min_points})[b.n > 0])  # empty bins carry nothing
-    columns = ["domain", "metric", "mode", "bin_left", "bin_right", "entropy", "n", "n_records",
-               "mean", "lo", "hi", "enough"]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "domain": domain,
+                    "metric": metric.name,
+                    "mode": metric.mode,
+                    "bin_left": b.left,
+                    "bin_right": b.right,
+                    "entropy": b.centre,
+                    "n": b.n,
+                    "n_records": b.n_clusters,
+                    "mean": b.mean,
+                    "lo": b.lo,
+                    "hi": b.hi,
+                    "enough": b.n >= options.min_points,
+                }
+            )[b.n > 0]
+        )  # empty bins carry nothing
+    columns = [
+        "domain",
+        "metric",
+        "mode",
+        "bin_left",
+        "bin_right",
+        "entropy",
+        "n",
+        "n_records",
+        "mean",
+        "lo",
+        "hi",
+        "enough",
+    ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
-def info_loss_correlations(steps: pd.DataFrame, options: AnalysisOptions = AnalysisOptions(),
-                           rng: np.random.Generator | None = None) -> pd.DataFrame:
+def info_loss_correlations(
+    steps: pd.DataFrame, options: AnalysisOptions = AnalysisOptions(), rng: np.random.Generator | None = None
+) -> pd.DataFrame:
     """Spearman's ρ between entropy and each available metric, per domain, with a cluster-bootstrap
     interval. ``discarded`` and ``surprisal`` share one computation (their ranks are identical)."""
     rng = rng if rng is not None else options.rng()
@@ -122,8 +170,19 @@ def info_loss_correlations(steps: pd.DataFrame, options: AnalysisOptions = Analy
         if key not in shared:
             shared[key] = spearman_ci(x, y, codes, rng, options.n_boot, options.confidence)
         c = shared[key]
-        rows.append({"domain": domain, "metric": metric.name, "mode": metric.mode, "n": c.n,
-                     "n_records": c.n_clusters, "rho": c.rho, "lo": c.lo, "hi": c.hi,
-                     "p_value": c.p_value, "enough": c.n >= options.min_points})
+        rows.append(
+            {
+                "domain": domain,
+                "metric": metric.name,
+                "mode": metric.mode,
+                "n": c.n,
+                "n_records": c.n_clusters,
+                "rho": c.rho,
+                "lo": c.lo,
+                "hi": c.hi,
+                "p_value": c.p_value,
+                "enough": c.n >= options.min_points,
+            }
+        )
     columns = ["domain", "metric", "mode", "n", "n_records", "rho", "lo", "hi", "p_value", "enough"]
     return pd.DataFrame(rows, columns=columns)

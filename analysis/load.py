@@ -4,13 +4,15 @@
 ``run.steps`` is long-form, one row per (record, step), with every per-step array of the
 records (``mode``, ``entropy``, ``p_token``, … and measured ones such as ``kl_counterfactual``).
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,17 +20,31 @@ import pandas as pd
 from latentcot.errors import InputError
 from latentcot.store import MANIFEST, SAMPLES, iter_samples
 
-KEY = ["task_spec", "setting_id", "example_id"]   # identifies a record within a run
-RECORD_COLUMNS = ["task", "task_spec", "domain", "example_id", "setting_id", "prompt", "completion", "answer",
-                  "prediction", "correct", "extraction", "finish_reason", "n_steps", "n_latent"]
+KEY = ["task_spec", "setting_id", "example_id"]  # identifies a record within a run
+RECORD_COLUMNS = [
+    "task",
+    "task_spec",
+    "domain",
+    "example_id",
+    "setting_id",
+    "prompt",
+    "completion",
+    "answer",
+    "prediction",
+    "correct",
+    "extraction",
+    "finish_reason",
+    "n_steps",
+    "n_latent",
+]
 
 
 @dataclass(frozen=True)
 class Run:
     path: Path
     manifest: dict[str, Any]
-    samples: pd.DataFrame   # one row per (example, setting)
-    steps: pd.DataFrame     # one row per (example, setting, step)
+    samples: pd.DataFrame  # one row per (example, setting)
+    steps: pd.DataFrame  # one row per (example, setting, step)
 
 
 def samples_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -37,14 +53,16 @@ def samples_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         entropy = [e for e in r["steps"]["entropy"] if e is not None]
-        rows.append({
-            **{c: r.get(c) for c in RECORD_COLUMNS},
-            **{k: v for k, v in r["setting"].items() if k not in RECORD_COLUMNS},
-            "latent_fraction": r["n_latent"] / r["n_steps"] if r["n_steps"] else 0.0,
-            "mean_entropy": float(np.mean(entropy)) if entropy else math.nan,
-            # decode forwards: one per generated position (the prefill is shared by every setting)
-            "forward_passes": r["n_steps"],
-        })
+        rows.append(
+            {
+                **{c: r.get(c) for c in RECORD_COLUMNS},
+                **{k: v for k, v in r["setting"].items() if k not in RECORD_COLUMNS},
+                "latent_fraction": r["n_latent"] / r["n_steps"] if r["n_steps"] else 0.0,
+                "mean_entropy": float(np.mean(entropy)) if entropy else math.nan,
+                # decode forwards: one per generated position (the prefill is shared by every setting)
+                "forward_passes": r["n_steps"],
+            }
+        )
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["correct"] = frame["correct"].astype(bool)
@@ -65,8 +83,9 @@ def steps_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         columns["step"].extend(range(n))
         for name, values in steps.items():
             if len(values) != n:
-                raise InputError(f"record {r['example_id']} ({r['setting_id']}): steps.{name} has "
-                                 f"{len(values)} values for {n} steps")
+                raise InputError(
+                    f"record {r['example_id']} ({r['setting_id']}): steps.{name} has {len(values)} values for {n} steps"
+                )
             column = extra.setdefault(name, [None] * total)
             column.extend(values)
         total += n

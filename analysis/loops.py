@@ -10,6 +10,7 @@
 Runs of models that do not loop have no ``loops`` column; every function then returns an empty
 table (and the figure says there is nothing to show).
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -54,8 +55,13 @@ def loops_figure(table: pd.DataFrame) -> Figure:
             width = 0.8 / max(len(domains), 1)
             for i, domain in enumerate(domains):
                 rows = part[part["domain"] == domain]
-                ax.bar(rows["loops"] + (i - (len(domains) - 1) / 2) * width, rows["fraction"], width=width,
-                       color=colours[domain], label=domain)
+                ax.bar(
+                    rows["loops"] + (i - (len(domains) - 1) / 2) * width,
+                    rows["fraction"],
+                    width=width,
+                    color=colours[domain],
+                    label=domain,
+                )
             ax.set_title(setting, fontsize=9)
             ax.set_xlabel("loops used for the step")
             ax.set_ylabel("share of steps")

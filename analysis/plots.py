@@ -6,11 +6,12 @@ no interactive backend is touched and nothing is left open; the house style is a
 observations (``enough`` False in the tables) are drawn hollow, without an interval and
 unconnected, and a note under the figure says so.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -28,9 +29,19 @@ HOLLOW_NOTE = "hollow markers: fewer than {m} observations (shown, not estimated
 
 @contextmanager
 def house_style() -> Iterator[None]:
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), \
-            mpl.rc_context({"axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
-                            "svg.fonttype": "none", "savefig.bbox": "tight"}):
+    with (
+        sns.axes_style("whitegrid"),
+        sns.plotting_context("notebook", font_scale=0.85),
+        mpl.rc_context(
+            {
+                "axes.spines.top": False,
+                "axes.spines.right": False,
+                "legend.frameon": False,
+                "svg.fonttype": "none",
+                "savefig.bbox": "tight",
+            }
+        ),
+    ):
         yield
 
 
@@ -59,8 +70,16 @@ def plot_series(ax: Axes, x, y, lo, hi, enough, colour, label: str, band: bool =
         if band:
             ax.fill_between(x[ok], lo[ok], hi[ok], color=colour, alpha=0.18, linewidth=0)
     if (~ok).any():
-        ax.scatter(x[~ok], y[~ok], facecolors="none", edgecolors=[colour], s=28, linewidths=1.2,
-                   label=None if ok.any() else label, zorder=3)
+        ax.scatter(
+            x[~ok],
+            y[~ok],
+            facecolors="none",
+            edgecolors=[colour],
+            s=28,
+            linewidths=1.2,
+            label=None if ok.any() else label,
+            zorder=3,
+        )
 
 
 def entropy_distribution_figure(steps: pd.DataFrame) -> Figure:
@@ -69,11 +88,22 @@ def entropy_distribution_figure(steps: pd.DataFrame) -> Figure:
     colours = palette(decoded["domain"])
     with house_style():
         fig, axes = new_figure(1, 2, sharex=True)
-        for ax, (title, part) in zip(axes[0], [("all steps", decoded),
-                                               ("token steps", decoded[decoded["mode"] == "token"])]):
+        for ax, (title, part) in zip(
+            axes[0], [("all steps", decoded), ("token steps", decoded[decoded["mode"] == "token"])]
+        ):
             if not part.empty:
-                sns.histplot(data=part, x="entropy", hue="domain", palette=colours, stat="density",
-                             common_norm=False, element="step", fill=False, bins=30, ax=ax)
+                sns.histplot(
+                    data=part,
+                    x="entropy",
+                    hue="domain",
+                    palette=colours,
+                    stat="density",
+                    common_norm=False,
+                    element="step",
+                    fill=False,
+                    bins=30,
+                    ax=ax,
+                )
             ax.set(title=title, xlabel="entropy H (nats)", ylabel="density")
     return fig
 
@@ -86,14 +116,18 @@ def info_loss_figure(bins: pd.DataFrame, min_points: int = 10, max_columns: int 
     n_cols = min(len(metrics), max_columns)
     with house_style():
         fig, axes = new_figure(math.ceil(len(metrics) / n_cols), n_cols)
-        for ax in axes.ravel()[len(metrics):]:
+        for ax in axes.ravel()[len(metrics) :]:
             ax.set_visible(False)
         for ax, metric in zip(axes.ravel(), metrics):
             for domain, part in bins[bins["metric"] == metric].groupby("domain", observed=True):
-                plot_series(ax, part["entropy"], part["mean"], part["lo"], part["hi"], part["enough"],
-                            colours[domain], domain)
-            ax.set(xlabel="entropy H (nats)", ylabel=METRIC_LABELS.get(metric, metric),
-                   title=METRIC_LABELS.get(metric, metric).split(" (")[0])
+                plot_series(
+                    ax, part["entropy"], part["mean"], part["lo"], part["hi"], part["enough"], colours[domain], domain
+                )
+            ax.set(
+                xlabel="entropy H (nats)",
+                ylabel=METRIC_LABELS.get(metric, metric),
+                title=METRIC_LABELS.get(metric, metric).split(" (")[0],
+            )
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(title="domain", fontsize="small")
         _note(fig, HOLLOW_NOTE.format(m=min_points) + "; bands: cluster-bootstrap CI over records")
@@ -113,16 +147,21 @@ def _baselines(ax: Axes, settings: pd.DataFrame, domain: str, latent_colours: di
         if row["gate"] == "latent" and row["latent"] not in latent_colours:
             continue
         colour = GATE_COLOURS["token"] if row["gate"] == "token" else latent_colours[row["latent"]]
-        ax.axhline(row["accuracy"], color=colour, linestyle="--" if row["gate"] == "token" else ":",
-                   linewidth=1.3, label=f"{row['setting_id']} (baseline)")
+        ax.axhline(
+            row["accuracy"],
+            color=colour,
+            linestyle="--" if row["gate"] == "token" else ":",
+            linewidth=1.3,
+            label=f"{row['setting_id']} (baseline)",
+        )
 
 
-def threshold_figure(table: pd.DataFrame, settings: pd.DataFrame | None = None, value: str = "accuracy",
-                     min_points: int = 10) -> Figure:
+def threshold_figure(
+    table: pd.DataFrame, settings: pd.DataFrame | None = None, value: str = "accuracy", min_points: int = 10
+) -> Figure:
     """Accuracy (or latent fraction, ``value="latent_fraction"``) vs τ: rows = τ unit, columns =
     domain, one curve per setting family; accuracy panels carry the baselines as horizontal lines."""
-    lo, hi, ylabel = (("lo", "hi", "accuracy") if value == "accuracy"
-                      else ("latent_lo", "latent_hi", "latent fraction"))
+    lo, hi, ylabel = ("lo", "hi", "accuracy") if value == "accuracy" else ("latent_lo", "latent_hi", "latent fraction")
     units, domains = _threshold_grid(table) if not table.empty else (["nats"], ["-"])
     colours = palette(table["family"]) if not table.empty else {}
     with house_style():
@@ -132,18 +171,33 @@ def threshold_figure(table: pd.DataFrame, settings: pd.DataFrame | None = None, 
                 ax = axes[r, c]
                 part = table[(table["unit"] == unit) & (table["domain"] == domain)]
                 for family, series in part.groupby("family", observed=True):
-                    plot_series(ax, series["threshold"], series[value], series[lo], series[hi],
-                                series["enough"], colours[family], family)
+                    plot_series(
+                        ax,
+                        series["threshold"],
+                        series[value],
+                        series[lo],
+                        series[hi],
+                        series["enough"],
+                        colours[family],
+                        family,
+                    )
                 if value == "accuracy" and settings is not None:
                     first_family = part.drop_duplicates("latent")
-                    _baselines(ax, settings, domain,
-                               {lat: colours[fam] for lat, fam in zip(first_family["latent"], first_family["family"])})
+                    _baselines(
+                        ax,
+                        settings,
+                        domain,
+                        {lat: colours[fam] for lat, fam in zip(first_family["latent"], first_family["family"])},
+                    )
                 ax.set(xlabel=f"threshold τ ({unit})", ylabel=ylabel, title=domain)
                 ax.set_ylim(-0.03, 1.03)
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize="x-small")
-        _note(fig, HOLLOW_NOTE.format(m=min_points) + ("; bands: Wilson CI" if value == "accuracy"
-                                                        else "; bands: normal CI of the mean"))
+        _note(
+            fig,
+            HOLLOW_NOTE.format(m=min_points)
+            + ("; bands: Wilson CI" if value == "accuracy" else "; bands: normal CI of the mean"),
+        )
     return fig
 
 
@@ -159,17 +213,39 @@ def pareto_figure(pareto: pd.DataFrame, min_points: int = 10) -> Figure:
                 ok = rows["enough"].to_numpy(dtype=bool)
                 if ok.any():
                     r = rows[ok]
-                    ax.errorbar(r["forward_passes"], r["accuracy"],
-                                yerr=[r["accuracy"] - r["lo"], r["hi"] - r["accuracy"]],
-                                fmt="o", color=colour, label=gate, markersize=5, capsize=2, linewidth=1)
+                    ax.errorbar(
+                        r["forward_passes"],
+                        r["accuracy"],
+                        yerr=[r["accuracy"] - r["lo"], r["hi"] - r["accuracy"]],
+                        fmt="o",
+                        color=colour,
+                        label=gate,
+                        markersize=5,
+                        capsize=2,
+                        linewidth=1,
+                    )
                 if (~ok).any():
                     r = rows[~ok]
-                    ax.scatter(r["forward_passes"], r["accuracy"], facecolors="none", edgecolors=[colour],
-                               s=30, label=None if ok.any() else gate, zorder=3)
+                    ax.scatter(
+                        r["forward_passes"],
+                        r["accuracy"],
+                        facecolors="none",
+                        edgecolors=[colour],
+                        s=30,
+                        label=None if ok.any() else gate,
+                        zorder=3,
+                    )
             front = part[part["pareto"]].sort_values("forward_passes")
             if len(front):
-                ax.plot(front["forward_passes"], front["accuracy"], "-", color="0.2", linewidth=1,
-                        drawstyle="steps-post", label="Pareto front")
+                ax.plot(
+                    front["forward_passes"],
+                    front["accuracy"],
+                    "-",
+                    color="0.2",
+                    linewidth=1,
+                    drawstyle="steps-post",
+                    label="Pareto front",
+                )
             ax.set(xlabel="mean forward passes per example", ylabel="accuracy", title=domain)
             ax.set_ylim(-0.03, 1.03)
             if ax.get_legend_handles_labels()[0]:
@@ -178,8 +254,7 @@ def pareto_figure(pareto: pd.DataFrame, min_points: int = 10) -> Figure:
     return fig
 
 
-def accuracy_entropy_figure(table: pd.DataFrame, settings: Sequence[str] | None = None,
-                            min_points: int = 10) -> Figure:
+def accuracy_entropy_figure(table: pd.DataFrame, settings: Sequence[str] | None = None, min_points: int = 10) -> Figure:
     """Accuracy per bin of the example's mean entropy, one panel per domain, one curve per setting
     (``settings`` picks which; default all)."""
     chosen = list(settings) if settings is not None else sorted(table["setting_id"].unique())
@@ -190,8 +265,17 @@ def accuracy_entropy_figure(table: pd.DataFrame, settings: Sequence[str] | None 
         fig, axes = new_figure(1, len(domains), sharey=True)
         for ax, domain in zip(axes[0], domains):
             for sid, part in table[table["domain"] == domain].groupby("setting_id", observed=True):
-                plot_series(ax, part["entropy"], part["accuracy"], part["lo"], part["hi"], part["enough"],
-                            colours[sid], sid, band=False)
+                plot_series(
+                    ax,
+                    part["entropy"],
+                    part["accuracy"],
+                    part["lo"],
+                    part["hi"],
+                    part["enough"],
+                    colours[sid],
+                    sid,
+                    band=False,
+                )
             ax.set(xlabel="example mean entropy (nats)", ylabel="accuracy", title=domain)
             ax.set_ylim(-0.03, 1.03)
             if ax.get_legend_handles_labels()[0]:
@@ -217,12 +301,16 @@ def step_trace_figure(traces: Sequence[tuple[str, pd.DataFrame, float | None]]) 
         fig, axes = new_figure(max(len(traces), 1), 1, width=8.5, height=2.2, sharex=False)
         for ax, (title, rows, tau) in zip(axes[:, 0], traces):
             ax.plot(rows["step"], rows["entropy"], color="0.6", linewidth=1, zorder=1)
-            for mode, marker, colour in [("token", "o", GATE_COLOURS["token"]),
-                                         ("latent", "D", GATE_COLOURS["latent"]), ("marker", "|", "0.5")]:
+            for mode, marker, colour in [
+                ("token", "o", GATE_COLOURS["token"]),
+                ("latent", "D", GATE_COLOURS["latent"]),
+                ("marker", "|", "0.5"),
+            ]:
                 sel = rows[rows["mode"] == mode]
                 if len(sel):
-                    ax.scatter(sel["step"], sel["entropy"], marker=marker, color=colour, s=22,
-                               label=f"{mode} step", zorder=2)
+                    ax.scatter(
+                        sel["step"], sel["entropy"], marker=marker, color=colour, s=22, label=f"{mode} step", zorder=2
+                    )
             if tau is not None:
                 ax.axhline(tau, color=GATE_COLOURS["entropy"], linestyle="--", linewidth=1.2, label="τ")
             ax.set(xlabel="step", ylabel="entropy H (nats)", title=title)

@@ -1,28 +1,57 @@
 """Tables and step traces as text: fixed-width (terminal), Markdown and HTML. Pure string
 functions; every value that reaches HTML goes through ``html.escape``."""
+
 from __future__ import annotations
 
 import html
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 # which columns a reader sees, per table (the CSV files keep every column); "ci" joins lo/hi
 DISPLAY = {
-    "settings": ["domain", "setting_id", "n", "accuracy", "ci", "latent_fraction", "forward_passes",
-                 "mean_entropy"],
+    "settings": ["domain", "setting_id", "n", "accuracy", "ci", "latent_fraction", "forward_passes", "mean_entropy"],
     "entropy_by_domain": ["domain", "mode", "n", "mean", "q10", "median", "q90"],
     "info_loss_correlation": ["domain", "metric", "mode", "n", "n_records", "rho", "ci", "enough"],
     "info_loss_bins": ["domain", "metric", "entropy", "n", "mean", "ci", "enough"],
-    "accuracy_vs_threshold": ["domain", "family", "threshold", "n", "accuracy", "ci", "latent_fraction",
-                              "forward_passes", "enough"],
-    "best_threshold": ["domain", "family", "best_threshold", "accuracy", "ci", "n", "threshold_ci",
-                       "stability", "n_tied", "n_thresholds", "enough"],
-    "per_domain_vs_global": ["family", "n_examples", "global_threshold", "per_domain_threshold",
-                             "in_sample_global", "in_sample_per_domain", "heldout_global",
-                             "heldout_per_domain", "gain", "gain_ci"],
+    "accuracy_vs_threshold": [
+        "domain",
+        "family",
+        "threshold",
+        "n",
+        "accuracy",
+        "ci",
+        "latent_fraction",
+        "forward_passes",
+        "enough",
+    ],
+    "best_threshold": [
+        "domain",
+        "family",
+        "best_threshold",
+        "accuracy",
+        "ci",
+        "n",
+        "threshold_ci",
+        "stability",
+        "n_tied",
+        "n_thresholds",
+        "enough",
+    ],
+    "per_domain_vs_global": [
+        "family",
+        "n_examples",
+        "global_threshold",
+        "per_domain_threshold",
+        "in_sample_global",
+        "in_sample_per_domain",
+        "heldout_global",
+        "heldout_per_domain",
+        "gain",
+        "gain_ci",
+    ],
     "accuracy_vs_entropy": ["domain", "setting_id", "entropy", "n", "accuracy", "ci", "enough"],
     "pareto": ["domain", "setting_id", "forward_passes", "accuracy", "ci", "n", "pareto"],
 }
@@ -61,19 +90,23 @@ def text_table(frame: pd.DataFrame) -> str:
     """Fixed-width columns for a terminal; numbers right-aligned."""
     header, rows = [str(c) for c in frame.columns], _cells(frame)
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-               for c in frame.columns]
+    numeric = [
+        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns
+    ]
 
     def line(cells):
         return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
     return "\n".join([line(header), *map(line, rows)])
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
     def line(cells):
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-    return "\n".join([line([str(c) for c in frame.columns]), line(["---"] * len(frame.columns)),
-                      *map(line, _cells(frame))])
+
+    return "\n".join(
+        [line([str(c) for c in frame.columns]), line(["---"] * len(frame.columns)), *map(line, _cells(frame))]
+    )
 
 
 def html_table(frame: pd.DataFrame) -> str:
@@ -82,7 +115,8 @@ def html_table(frame: pd.DataFrame) -> str:
     few = ' class="few"'  # rows from too few observations are greyed
     body = "".join(
         f"<tr{'' if ok else few}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-        for row, ok in zip(_cells(frame), enough))
+        for row, ok in zip(_cells(frame), enough)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -95,8 +129,9 @@ def entropy_colour(entropy: float, top: float) -> str:
     return f"rgb(255,{g},{g})"
 
 
-def trace_html(title: str, completion: str, steps: pd.DataFrame, top_entropy: float,
-               token_text: Callable[[int], str] | None = None) -> str:
+def trace_html(
+    title: str, completion: str, steps: pd.DataFrame, top_entropy: float, token_text: Callable[[int], str] | None = None
+) -> str:
     """One record's steps as cells: background = entropy, label = the token's text (its id when no
     tokenizer is at hand) or the mode; latent steps show their logit-lens top tokens when measured."""
     has_lens = "lens_top" in steps.columns
@@ -111,14 +146,21 @@ def trace_html(title: str, completion: str, steps: pd.DataFrame, top_entropy: fl
         lens = getattr(row, "lens_top", None) if has_lens else None
         lens_html = ""
         if mode == "latent" and isinstance(lens, (list, tuple)) and lens:
-            lens_html = "<span class=\"lens\">" + " ".join(
-                f"<code>{html.escape(repr(str(t))[1:-1])}</code>" for t in lens) + "</span>"
+            lens_html = (
+                '<span class="lens">'
+                + " ".join(f"<code>{html.escape(repr(str(t))[1:-1])}</code>" for t in lens)
+                + "</span>"
+            )
         colour = entropy_colour(entropy, top_entropy)
-        cells.append(f"<span class=\"step {html.escape(mode)}\" style=\"background:{colour}\" "
-                     f"title=\"{html.escape(tip)}\">{html.escape(label)}{lens_html}</span>")
-    return (f"<div class=\"trace\"><h4>{html.escape(title)}</h4>"
-            f"<pre class=\"completion\">{html.escape(completion or '')}</pre>"
-            f"<div class=\"steps\">{''.join(cells)}</div></div>")
+        cells.append(
+            f'<span class="step {html.escape(mode)}" style="background:{colour}" '
+            f'title="{html.escape(tip)}">{html.escape(label)}{lens_html}</span>'
+        )
+    return (
+        f'<div class="trace"><h4>{html.escape(title)}</h4>'
+        f'<pre class="completion">{html.escape(completion or "")}</pre>'
+        f'<div class="steps">{"".join(cells)}</div></div>'
+    )
 
 
 CSS = """
@@ -137,5 +179,7 @@ pre.completion{white-space:pre-wrap;background:#f7f7f7;padding:.5em;font-size:12
 def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
     """A self-contained page: (heading, already-escaped HTML body) sections."""
     body = "".join(f"<section><h2>{html.escape(h)}</h2>{content}</section>" for h, content in sections)
-    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )

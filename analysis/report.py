@@ -3,26 +3,36 @@
 Everything is computed and rendered in memory first; files are written only once all of it
 succeeded, so a bad run directory (``InputError``) or a failing figure leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import io
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import pandas as pd
 from matplotlib.figure import Figure
 
+from latentcot.errors import InputError
+
 from .load import Run, load_run
 from .loops import loops_figure
-from .plots import accuracy_entropy_figure, entropy_distribution_figure, house_style, info_loss_figure, \
-    pareto_figure, step_trace_figure, threshold_figure, threshold_in_nats
+from .plots import (
+    accuracy_entropy_figure,
+    entropy_distribution_figure,
+    house_style,
+    info_loss_figure,
+    pareto_figure,
+    step_trace_figure,
+    threshold_figure,
+    threshold_in_nats,
+)
 from .render import display_frame, html_page, html_table, markdown_table, text_table, trace_html
 from .stats import AnalysisOptions
 from .tables import TABLE_TITLES, AnalysisTables, compute_tables
-from latentcot.errors import InputError
 
 FIGURE_TITLES = {
     "entropy_distribution": "Step entropy by domain",
@@ -44,25 +54,25 @@ METHODS = (
     "the in-sample comparison favours per-domain τ by construction (selection bias), so τ is also "
     "chosen on the other folds of a {k}-fold split of each domain's examples and scored on the "
     "held-out fold; gain = held-out per-domain "
-    "minus held-out global accuracy.")
+    "minus held-out global accuracy."
+)
 
 
 @dataclass(frozen=True)
 class ReportResult:
     out_dir: Path
-    summary: Path                          # summary.md
-    html: Path                             # report.html (self-contained)
-    tables: Mapping[str, Path]             # table name -> CSV
-    figures: Mapping[str, tuple[Path, Path]]   # figure name -> (PNG, SVG)
-    skipped: tuple[str, ...]               # what the run's contents left out, one line each
-    headline: str                          # fixed-width text of the key numbers, for a terminal
+    summary: Path  # summary.md
+    html: Path  # report.html (self-contained)
+    tables: Mapping[str, Path]  # table name -> CSV
+    figures: Mapping[str, tuple[Path, Path]]  # figure name -> (PNG, SVG)
+    skipped: tuple[str, ...]  # what the run's contents left out, one line each
+    headline: str  # fixed-width text of the key numbers, for a terminal
 
 
 def pick_traces(samples: pd.DataFrame, n: int = 3) -> pd.DataFrame:
     """A few records worth looking at: entropy-gate records whose steps are closest to half
     latent first, covering distinct (domain, correct) pairs before repeating one."""
-    ranked = samples.assign(_other_gate=samples["gate"] != "entropy",
-                            _balance=(samples["latent_fraction"] - 0.5).abs())
+    ranked = samples.assign(_other_gate=samples["gate"] != "entropy", _balance=(samples["latent_fraction"] - 0.5).abs())
     ranked = ranked.sort_values(["_other_gate", "_balance", "domain", "setting_id", "example_id"])
     chosen, seen = [], set()
     for index, domain, correct in zip(ranked.index, ranked["domain"], ranked["correct"]):
@@ -75,8 +85,11 @@ def pick_traces(samples: pd.DataFrame, n: int = 3) -> pd.DataFrame:
 
 
 def _record_steps(steps: pd.DataFrame, record: pd.Series) -> pd.DataFrame:
-    match = (steps["task_spec"] == record["task_spec"]) & (steps["setting_id"] == record["setting_id"]) & \
-            (steps["example_id"] == record["example_id"])
+    match = (
+        (steps["task_spec"] == record["task_spec"])
+        & (steps["setting_id"] == record["setting_id"])
+        & (steps["example_id"] == record["example_id"])
+    )
     return steps[match].sort_values("step")
 
 
@@ -88,11 +101,12 @@ def _trace_title(record: pd.Series) -> str:
 def _accuracy_entropy_settings(tables: AnalysisTables, limit: int = 5) -> list[str]:
     """Baselines and each domain's best-τ setting, then others, at most ``limit`` curves."""
     settings = tables["settings"]
-    best = tables["best_threshold"].merge(tables["accuracy_vs_threshold"],
-                                          left_on=["domain", "family", "best_threshold"],
-                                          right_on=["domain", "family", "threshold"])["setting_id"]
-    ordered = [*settings.loc[settings["gate"].isin(["token", "latent"]), "setting_id"], *best,
-               *settings["setting_id"]]
+    best = tables["best_threshold"].merge(
+        tables["accuracy_vs_threshold"],
+        left_on=["domain", "family", "best_threshold"],
+        right_on=["domain", "family", "threshold"],
+    )["setting_id"]
+    ordered = [*settings.loc[settings["gate"].isin(["token", "latent"]), "setting_id"], *best, *settings["setting_id"]]
     return list(dict.fromkeys(ordered))[:limit]
 
 
@@ -107,17 +121,21 @@ def build_figures(run: Run, tables: AnalysisTables, options: AnalysisOptions) ->
     if tables["accuracy_vs_threshold"].empty:
         skipped.append("figures accuracy / latent fraction vs τ: no entropy-gate settings with a single threshold")
     else:
-        figures["accuracy_vs_threshold"] = threshold_figure(tables["accuracy_vs_threshold"], tables["settings"],
-                                                            "accuracy", m)
-        figures["latent_fraction_vs_threshold"] = threshold_figure(tables["accuracy_vs_threshold"], None,
-                                                                   "latent_fraction", m)
+        figures["accuracy_vs_threshold"] = threshold_figure(
+            tables["accuracy_vs_threshold"], tables["settings"], "accuracy", m
+        )
+        figures["latent_fraction_vs_threshold"] = threshold_figure(
+            tables["accuracy_vs_threshold"], None, "latent_fraction", m
+        )
     figures["pareto"] = pareto_figure(tables["pareto"], m)
-    figures["accuracy_vs_entropy"] = accuracy_entropy_figure(tables["accuracy_vs_entropy"],
-                                                             _accuracy_entropy_settings(tables), m)
+    figures["accuracy_vs_entropy"] = accuracy_entropy_figure(
+        tables["accuracy_vs_entropy"], _accuracy_entropy_settings(tables), m
+    )
     vocab_size = run.manifest.get("model", {}).get("vocab_size")
-    traces = [(_trace_title(r), _record_steps(run.steps, r),
-               threshold_in_nats(r.get("threshold"), r.get("unit"), vocab_size))
-              for _, r in pick_traces(run.samples).iterrows()]
+    traces = [
+        (_trace_title(r), _record_steps(run.steps, r), threshold_in_nats(r.get("threshold"), r.get("unit"), vocab_size))
+        for _, r in pick_traces(run.samples).iterrows()
+    ]
     figures["step_traces"] = step_trace_figure(traces)
     if not tables["loops_per_token"].empty:
         figures["loops_per_token"] = loops_figure(tables["loops_per_token"])
@@ -143,19 +161,30 @@ def _run_facts(run: Run) -> list[str]:
     config = run.manifest.get("config", {})
     model = run.manifest.get("model", {}).get("model") or config.get("model", {}).get("model", "?")
     s = run.samples
-    return [f"run: {run.path}", f"model: {model}",
-            f"records: {len(s)} · settings: {s['setting_id'].nunique()} · "
-            f"domains: {', '.join(sorted(s['domain'].unique()))}",
-            f"tasks: {', '.join(sorted(s['task_spec'].unique()))}",
-            f"measurements: {', '.join(config.get('measure') or []) or 'none'}"]
+    return [
+        f"run: {run.path}",
+        f"model: {model}",
+        f"records: {len(s)} · settings: {s['setting_id'].nunique()} · "
+        f"domains: {', '.join(sorted(s['domain'].unique()))}",
+        f"tasks: {', '.join(sorted(s['task_spec'].unique()))}",
+        f"measurements: {', '.join(config.get('measure') or []) or 'none'}",
+    ]
 
 
-SUMMARY_TABLES = ["settings", "best_threshold", "per_domain_vs_global", "info_loss_correlation",
-                  "accuracy_vs_threshold", "entropy_by_domain", "loops_summary"]
+SUMMARY_TABLES = [
+    "settings",
+    "best_threshold",
+    "per_domain_vs_global",
+    "info_loss_correlation",
+    "accuracy_vs_threshold",
+    "entropy_by_domain",
+    "loops_summary",
+]
 
 
-def summary_markdown(run: Run, tables: AnalysisTables, skipped: list[str], options: AnalysisOptions,
-                     files: list[str]) -> str:
+def summary_markdown(
+    run: Run, tables: AnalysisTables, skipped: list[str], options: AnalysisOptions, files: list[str]
+) -> str:
     parts = [f"# latentcot report: {run.path.name}", "", *[f"- {f}" for f in _run_facts(run)], ""]
     for name in SUMMARY_TABLES:
         if not tables[name].empty:
@@ -176,42 +205,63 @@ def token_decoder(manifest: Mapping) -> Callable[[int], str] | None:
         from transformers import AutoTokenizer
 
         import latentcot.zoo.looped  # noqa: F401  registers the zoo's model types: their configs then load quietly
+
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except Exception:  # any failure only means the traces fall back to token ids
         return None
     return lambda token_id: tokenizer.decode([int(token_id)])
 
 
-def report_html(run: Run, tables: AnalysisTables, skipped: list[str], options: AnalysisOptions,
-                pngs: Mapping[str, bytes], token_text: Callable[[int], str] | None = None) -> str:
+def report_html(
+    run: Run,
+    tables: AnalysisTables,
+    skipped: list[str],
+    options: AnalysisOptions,
+    pngs: Mapping[str, bytes],
+    token_text: Callable[[int], str] | None = None,
+) -> str:
     facts = "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in _run_facts(run)) + "</ul>"
     sections = [("Run", facts)]
-    key_tables = SUMMARY_TABLES[:4]   # the headline numbers first, then figures, then the rest
+    key_tables = SUMMARY_TABLES[:4]  # the headline numbers first, then figures, then the rest
     for name in key_tables:
         if not tables[name].empty:
             sections.append((TABLE_TITLES[name], html_table(display_frame(tables[name], name))))
     for name, title in FIGURE_TITLES.items():
         if name in pngs:
             data = base64.b64encode(pngs[name]).decode("ascii")
-            sections.append((title, f"<figure id=\"fig-{html.escape(name)}\"><img alt=\"{html.escape(title)}\" "
-                                    f"src=\"data:image/png;base64,{data}\"></figure>"))
+            sections.append(
+                (
+                    title,
+                    f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(title)}" '
+                    f'src="data:image/png;base64,{data}"></figure>',
+                )
+            )
     for name, title in TABLE_TITLES.items():
         if name not in key_tables and not tables[name].empty:
             sections.append((title, html_table(display_frame(tables[name], name))))
     steps = run.steps[run.steps["mode"] != "marker"]
     top = float(steps["entropy"].max()) if len(steps) else 1.0
-    traces = "".join(trace_html(_trace_title(r), r["completion"], _record_steps(run.steps, r), top, token_text)
-                     for _, r in pick_traces(run.samples).iterrows())
-    sections.append(("Example traces, step by step", "<p class=\"note\">cell colour: entropy (white 0 → red "
-                     f"{top:.3g} nats); hover a cell for its numbers</p>" + traces))
+    traces = "".join(
+        trace_html(_trace_title(r), r["completion"], _record_steps(run.steps, r), top, token_text)
+        for _, r in pick_traces(run.samples).iterrows()
+    )
+    sections.append(
+        (
+            "Example traces, step by step",
+            '<p class="note">cell colour: entropy (white 0 → red '
+            f"{top:.3g} nats); hover a cell for its numbers</p>" + traces,
+        )
+    )
     sections.append(("Methods", f"<p>{html.escape(METHODS.format(m=options.min_points, k=options.folds))}</p>"))
-    sections.append(("Skipped", "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped or ["nothing"])
-                     + "</ul>"))
+    sections.append(
+        ("Skipped", "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped or ["nothing"]) + "</ul>")
+    )
     return html_page(f"latentcot report: {run.path.name}", sections)
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
-                 options: AnalysisOptions = AnalysisOptions()) -> ReportResult:
+def write_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, options: AnalysisOptions = AnalysisOptions()
+) -> ReportResult:
     """Analyse a run directory and write ``summary.md``, ``report.html``, one CSV per table and a
     PNG + SVG per figure to ``out_dir`` (default ``run_dir/report``). Raises ``InputError`` (and
     writes nothing) when ``run_dir`` is not a run or holds no records."""
@@ -226,8 +276,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
     csvs = {name: frame.to_csv(index=False) for name, frame in tables.items()}
     files = [f"{n}.csv" for n in csvs] + [f"{n}.{ext}" for n in rendered for ext in ("png", "svg")]
     summary = summary_markdown(run, tables, skipped, options, ["report.html", *files])
-    page = report_html(run, tables, skipped, options, {n: png for n, (png, _) in rendered.items()},
-                       token_decoder(run.manifest))
+    page = report_html(
+        run, tables, skipped, options, {n: png for n, (png, _) in rendered.items()}, token_decoder(run.manifest)
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     table_paths = {}
@@ -241,5 +292,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
         figure_paths[name][1].write_bytes(svg)
     (out / "summary.md").write_text(summary, encoding="utf-8")
     (out / "report.html").write_text(page, encoding="utf-8")
-    return ReportResult(out, out / "summary.md", out / "report.html", table_paths, figure_paths,
-                        tuple(skipped), headline_text(tables))
+    return ReportResult(
+        out, out / "summary.md", out / "report.html", table_paths, figure_paths, tuple(skipped), headline_text(tables)
+    )

@@ -7,11 +7,12 @@ record counts from a multinomial and gives each row its record's count as a weig
 statistics over the original rows then equal the statistics over the expanded resample, which
 keeps a replicate O(rows) with no copying.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from scipy import stats
@@ -21,12 +22,13 @@ from scipy import stats
 class AnalysisOptions:
     """Knobs shared by every table. ``min_points``: bins or points with fewer observations are
     flagged ``enough=False`` and drawn hollow, never as facts."""
-    n_boot: int = 1000          # bootstrap replicates per interval
+
+    n_boot: int = 1000  # bootstrap replicates per interval
     confidence: float = 0.95
     min_points: int = 10
-    entropy_bins: int = 12      # bins of per-step entropy (information-loss curves)
-    accuracy_bins: int = 8      # bins of per-example mean entropy (accuracy curves)
-    folds: int = 2              # example folds for the held-out per-domain vs global τ comparison
+    entropy_bins: int = 12  # bins of per-step entropy (information-loss curves)
+    accuracy_bins: int = 8  # bins of per-example mean entropy (accuracy curves)
+    folds: int = 2  # example folds for the held-out per-domain vs global τ comparison
     seed: int = 0
 
     def rng(self) -> np.random.Generator:
@@ -54,8 +56,9 @@ def wilson_interval(successes, n, confidence: float = 0.95) -> tuple[np.ndarray,
     return lo, hi
 
 
-def cluster_counts(n_clusters: int, n_boot: int, rng: np.random.Generator,
-                   max_cells: int = 1 << 22) -> Iterator[np.ndarray]:
+def cluster_counts(
+    n_clusters: int, n_boot: int, rng: np.random.Generator, max_cells: int = 1 << 22
+) -> Iterator[np.ndarray]:
     """Cluster-bootstrap draws in chunks of replicates: row = replicate, column = how often that
     cluster was drawn (G draws with replacement from G clusters). Chunked so memory stays bounded
     for runs with many records."""
@@ -88,6 +91,7 @@ def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[np.n
 
 
 # --- Spearman's ρ -----------------------------------------------------------------------------
+
 
 def weighted_ranks(codes: np.ndarray, n_groups: int, weights: np.ndarray) -> np.ndarray:
     """Average ranks of rows in the sample where row i appears ``weights[i]`` times; ``codes`` are
@@ -123,8 +127,9 @@ def weighted_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
 
 def weighted_spearman(x_codes, x_groups, y_codes, y_groups, weights) -> float:
     """Spearman's ρ of the sample in which row i appears ``weights[i]`` times."""
-    return weighted_pearson(weighted_ranks(x_codes, x_groups, weights),
-                            weighted_ranks(y_codes, y_groups, weights), weights)
+    return weighted_pearson(
+        weighted_ranks(x_codes, x_groups, weights), weighted_ranks(y_codes, y_groups, weights), weights
+    )
 
 
 @dataclass(frozen=True)
@@ -137,8 +142,7 @@ class Correlation:
     n_clusters: int
 
 
-def spearman_ci(x, y, clusters, rng: np.random.Generator, n_boot: int = 1000,
-                confidence: float = 0.95) -> Correlation:
+def spearman_ci(x, y, clusters, rng: np.random.Generator, n_boot: int = 1000, confidence: float = 0.95) -> Correlation:
     """Spearman's ρ (scipy) with a percentile cluster-bootstrap interval. Rows with a non-finite
     value are dropped first."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -152,14 +156,15 @@ def spearman_ci(x, y, clusters, rng: np.random.Generator, n_boot: int = 1000,
     _, x_codes = np.unique(x, return_inverse=True)
     _, y_codes = np.unique(y, return_inverse=True)
     x_groups, y_groups = int(x_codes.max()) + 1, int(y_codes.max()) + 1
-    reps = np.array([weighted_spearman(x_codes, x_groups, y_codes, y_groups, w)
-                     for w in cluster_weights(codes, n_boot, rng)])
+    reps = np.array(
+        [weighted_spearman(x_codes, x_groups, y_codes, y_groups, w) for w in cluster_weights(codes, n_boot, rng)]
+    )
     lo, hi = percentile_interval(reps, confidence)
-    return Correlation(float(result.statistic), float(result.pvalue), float(lo), float(hi),
-                       len(x), n_clusters)
+    return Correlation(float(result.statistic), float(result.pvalue), float(lo), float(hi), len(x), n_clusters)
 
 
 # --- binned means -----------------------------------------------------------------------------
+
 
 def bin_edges(values, n_bins: int) -> np.ndarray:
     """Equal-width edges over the finite range of ``values`` (shared by every group binned with
@@ -176,8 +181,7 @@ def bin_edges(values, n_bins: int) -> np.ndarray:
 
 def bin_index(values, edges: np.ndarray) -> np.ndarray:
     """Bin of each value (the last bin is closed on the right; out-of-range values are clipped)."""
-    return np.clip(np.searchsorted(edges, np.asarray(values, dtype=float), side="right") - 1,
-                   0, len(edges) - 2)
+    return np.clip(np.searchsorted(edges, np.asarray(values, dtype=float), side="right") - 1, 0, len(edges) - 2)
 
 
 @dataclass(frozen=True)
@@ -185,15 +189,16 @@ class BinnedMeans:
     left: np.ndarray
     right: np.ndarray
     centre: np.ndarray
-    n: np.ndarray           # rows per bin
+    n: np.ndarray  # rows per bin
     n_clusters: np.ndarray  # distinct clusters per bin
     mean: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
 
 
-def binned_means(x, y, clusters, edges: np.ndarray, rng: np.random.Generator, n_boot: int = 1000,
-                 confidence: float = 0.95) -> BinnedMeans:
+def binned_means(
+    x, y, clusters, edges: np.ndarray, rng: np.random.Generator, n_boot: int = 1000, confidence: float = 0.95
+) -> BinnedMeans:
     """Mean of ``y`` per bin of ``x`` with percentile cluster-bootstrap intervals. Empty bins have
     n = 0 and NaN statistics. A replicate's bin means are (counts @ sums) / (counts @ sizes) with
     per-(cluster, bin) sums and sizes, so all replicates cost one matrix product."""
@@ -212,11 +217,11 @@ def binned_means(x, y, clusters, edges: np.ndarray, rng: np.random.Generator, n_
         mean = sums.sum(axis=0) / n
         reps = [_matmul(c, sums) / _matmul(c, sizes) for c in cluster_counts(n_clusters, n_boot, rng)]
     lo, hi = percentile_interval(np.vstack(reps), confidence) if reps else (np.full(n_bins, np.nan),) * 2
-    return BinnedMeans(edges[:-1], edges[1:], (edges[:-1] + edges[1:]) / 2, n, (sizes > 0).sum(axis=0),
-                       mean, lo, hi)
+    return BinnedMeans(edges[:-1], edges[1:], (edges[:-1] + edges[1:]) / 2, n, (sizes > 0).sum(axis=0), mean, lo, hi)
 
 
 # --- Pareto front -----------------------------------------------------------------------------
+
 
 def pareto_front(cost, value) -> np.ndarray:
     """True for points no other point dominates (cost ≤ and value ≥, one of them strictly)."""

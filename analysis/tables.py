@@ -1,18 +1,26 @@
 """Every analysis table of a run in one call, with a list of what could not be computed and why.
 
-    tables = compute_tables(run.samples, run.steps)
-    tables["accuracy_vs_threshold"], tables.skipped
+tables = compute_tables(run.samples, run.steps)
+tables["accuracy_vs_threshold"], tables.skipped
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from .accuracy import accuracy_vs_entropy, accuracy_vs_threshold, best_thresholds, \
-    pareto_table, per_domain_vs_global, settings_table, threshold_rows
+from .accuracy import (
+    accuracy_vs_entropy,
+    accuracy_vs_threshold,
+    best_thresholds,
+    pareto_table,
+    per_domain_vs_global,
+    settings_table,
+    threshold_rows,
+)
 from .info_loss import available_metrics, entropy_by_domain, info_loss_bins, info_loss_correlations
 from .loops import loops_per_token, loops_summary
 from .stats import AnalysisOptions
@@ -73,13 +81,15 @@ def skipped_analyses(samples: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
     if "kl_counterfactual" not in names:
         skipped.append("counterfactual KL: not measured (run with --measure counterfactual)")
     if {"latent_token_cos", "latent_norm"}.isdisjoint(names):
-        skipped.append("latent-vector geometry and logit lens: not measured (needs latent steps and "
-                       "--measure counterfactual)")
+        skipped.append(
+            "latent-vector geometry and logit lens: not measured (needs latent steps and --measure counterfactual)"
+        )
     return skipped
 
 
-def compute_tables(samples: pd.DataFrame, steps: pd.DataFrame,
-                   options: AnalysisOptions = AnalysisOptions()) -> AnalysisTables:
+def compute_tables(
+    samples: pd.DataFrame, steps: pd.DataFrame, options: AnalysisOptions = AnalysisOptions()
+) -> AnalysisTables:
     """All tables of ``TABLE_TITLES`` (empty frames where a run lacks what one needs; the reason is
     in ``skipped``). One seeded generator feeds every bootstrap, in a fixed order."""
     rng: np.random.Generator = options.rng()

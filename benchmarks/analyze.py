@@ -9,6 +9,7 @@ tables, 1000 bootstrap replicates each). With ``--plots`` it also times building
 every figure of the report (PNG + SVG), separately. Prints the best of --repeats runs in seconds
 and its ratio to the budget (below 1 is within budget).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,23 @@ STEPS = 32
 
 
 def _setting(gate: str, threshold: float | None) -> dict:
-    return {"gate": gate, "threshold": threshold, "unit": "nats", "k": None, "max_consecutive": None,
-            "max_latent": None, "latent": "soft", "latent_temperature": 1.0, "latent_top_k": 8,
-            "temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": STEPS, "stop": [], "markers": None}
+    return {
+        "gate": gate,
+        "threshold": threshold,
+        "unit": "nats",
+        "k": None,
+        "max_consecutive": None,
+        "max_latent": None,
+        "latent": "soft",
+        "latent_temperature": 1.0,
+        "latent_top_k": 8,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "max_new_tokens": STEPS,
+        "stop": [],
+        "markers": None,
+    }
 
 
 def synthetic_records(n_steps_total: int, rng: np.random.Generator):
@@ -49,19 +64,36 @@ def synthetic_records(n_steps_total: int, rng: np.random.Generator):
                 tau = setting["threshold"]
                 latent = entropy > tau if tau is not None else np.full(STEPS, setting["gate"] == "latent")
                 p = np.clip(np.exp(-entropy * rng.uniform(0.6, 1.0, STEPS)), 1e-6, 1.0)
-                steps = {"mode": np.where(latent, "latent", "token").tolist(),
-                         "token_id": rng.integers(0, 500, STEPS).tolist(),
-                         "entropy": entropy.tolist(), "p_token": p.tolist(), "p_max": p.tolist(),
-                         "kl_counterfactual": [None if m else float(e * 0.3) for m, e in zip(latent, entropy)],
-                         "latent_token_cos": [float(1 - e / 8) if m else None for m, e in zip(latent, entropy)],
-                         "latent_norm": [float(0.5 + e / 10) if m else None for m, e in zip(latent, entropy)],
-                         "lens_top": [["a", "b", "c", "d", "e"] if m else None for m in latent]}
+                steps = {
+                    "mode": np.where(latent, "latent", "token").tolist(),
+                    "token_id": rng.integers(0, 500, STEPS).tolist(),
+                    "entropy": entropy.tolist(),
+                    "p_token": p.tolist(),
+                    "p_max": p.tolist(),
+                    "kl_counterfactual": [None if m else float(e * 0.3) for m, e in zip(latent, entropy)],
+                    "latent_token_cos": [float(1 - e / 8) if m else None for m, e in zip(latent, entropy)],
+                    "latent_norm": [float(0.5 + e / 10) if m else None for m, e in zip(latent, entropy)],
+                    "lens_top": [["a", "b", "c", "d", "e"] if m else None for m in latent],
+                }
                 correct = bool(rng.random() < 0.9 - 0.2 * difficulty[i] + 0.05 * d)
-                yield {"setting": setting, "setting_id": sid, "task": domain, "task_spec": f"{domain}:n=1",
-                       "domain": domain, "example_id": f"{domain}-{i}", "prompt": "Q", "completion": "A",
-                       "answer": "1", "prediction": "1" if correct else "0", "correct": correct,
-                       "extraction": "strict", "finish_reason": "length", "n_steps": STEPS,
-                       "n_latent": int(latent.sum()), "steps": steps}
+                yield {
+                    "setting": setting,
+                    "setting_id": sid,
+                    "task": domain,
+                    "task_spec": f"{domain}:n=1",
+                    "domain": domain,
+                    "example_id": f"{domain}-{i}",
+                    "prompt": "Q",
+                    "completion": "A",
+                    "answer": "1",
+                    "prediction": "1" if correct else "0",
+                    "correct": correct,
+                    "extraction": "strict",
+                    "finish_reason": "length",
+                    "n_steps": STEPS,
+                    "n_latent": int(latent.sum()),
+                    "steps": steps,
+                }
 
 
 def write_run(folder: Path, n_steps_total: int) -> int:
@@ -96,8 +128,10 @@ def main() -> None:
                 for fig in figures.values():
                     render_figure(fig)
                 plot_best = min(plot_best, time.perf_counter() - start)
-    print(f"load + all tables, {rows:,} step rows ({len(run.samples):,} records): {best:.2f} s "
-          f"= {best / BUDGET_S:.2f} of the {BUDGET_S:g} s budget")
+    print(
+        f"load + all tables, {rows:,} step rows ({len(run.samples):,} records): {best:.2f} s "
+        f"= {best / BUDGET_S:.2f} of the {BUDGET_S:g} s budget"
+    )
     if args.plots:
         print(f"all figures built and rendered (PNG + SVG), timed separately: {plot_best:.2f} s")
 

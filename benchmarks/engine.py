@@ -9,6 +9,7 @@ Prints, for batch 1 and 32:
   * tokens/s at each batch size.
 Each figure is the median of --repeats interleaved runs (machines here are noisy).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,6 @@ def prompts_for(batch: int) -> list[str]:
     return [" ".join(PROMPT_WORDS[: 4 + (i * 5) % 12]) for i in range(batch)]
 
 
-
 @torch.inference_mode()
 def bare_loop(model, tokenizer, prompts, n_new: int) -> None:
     """The floor: prefill, then one cached forward per step feeding back argmax embeddings."""
@@ -48,10 +48,15 @@ def bare_loop(model, tokenizer, prompts, n_new: int) -> None:
     nxt = positions[:, -1:] + 1
     for t in range(n_new - 1):
         x = embed(out.logits[:, -1].argmax(-1))[:, None]
-        out = model(inputs_embeds=x, attention_mask=full[:, : width + t + 1], position_ids=nxt,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            inputs_embeds=x,
+            attention_mask=full[:, : width + t + 1],
+            position_ids=nxt,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         nxt = nxt + 1
-
 
 
 def main() -> None:
@@ -69,21 +74,31 @@ def main() -> None:
     args = ap.parse_args()
 
     tokenizer = char_tokenizer()
-    model = tiny_model(args.arch, tokenizer, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                       init_std=0.2 if args.vocab is None else 0.02, vocab_size=args.vocab)
+    model = tiny_model(
+        args.arch,
+        tokenizer,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        init_std=0.2 if args.vocab is None else 0.02,
+        vocab_size=args.vocab,
+    )
     model = model.to(device=args.device, dtype=getattr(torch, args.dtype))
     engine = Engine(model, tokenizer)
     n = args.new_tokens
     cfg = DecodeConfig(max_new_tokens=n, ignore_eos=True)
-    print(f"model {args.arch} d={args.hidden} L={args.layers} V={model.config.vocab_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-          f"params) {args.dtype} on {args.device}, {n} new tokens, threads={torch.get_num_threads()}, "
-          f"median of {args.repeats}")
+    print(
+        f"model {args.arch} d={args.hidden} L={args.layers} V={model.config.vocab_size} "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"params) {args.dtype} on {args.device}, {n} new tokens, threads={torch.get_num_threads()}, "
+        f"median of {args.repeats}"
+    )
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = prompts_for(batch)
         enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(args.device)
         # correctness on the side: with EOS honoured, token mode must equal HF greedy output
         natural = engine.generate(prompts, TokenGate(), HiddenLatent(), DecodeConfig(max_new_tokens=n))
-        reference = model.generate(**enc, max_new_tokens=n, do_sample=False)[:, enc["input_ids"].shape[1]:]
+        reference = model.generate(**enc, max_new_tokens=n, do_sample=False)[:, enc["input_ids"].shape[1] :]
         same = all(tr.token_id == ref[: tr.n_steps] for tr, ref in zip(natural, reference.tolist()))
         token_traces = engine.generate(prompts, TokenGate(), HiddenLatent(), cfg)
         entropies = [h for tr in token_traces for h in tr.entropy]
@@ -103,11 +118,13 @@ def main() -> None:
         med = {name: statistics.median(ts) for name, ts in times.items()}
         traces = engine.generate(prompts, gate, HiddenLatent(), cfg)
         latent_share = sum(t.n_latent for t in traces) / sum(t.n_steps for t in traces)
-        print(f"batch {batch:>3}: engine token mode {med['hf_generate'] / med['engine_token']:.2f}x HF generate "
-              f"(target >= 1.3) | hybrid {med['engine_hybrid'] / med['bare_loop']:.3f}x bare loop "
-              f"(target <= 1.10; {latent_share:.0%} latent steps) | "
-              f"engine {batch * n / med['engine_token']:.0f} tok/s, HF {batch * n / med['hf_generate']:.0f} tok/s, "
-              f"bare {batch * n / med['bare_loop']:.0f} tok/s | tokens identical to HF: {same}")
+        print(
+            f"batch {batch:>3}: engine token mode {med['hf_generate'] / med['engine_token']:.2f}x HF generate "
+            f"(target >= 1.3) | hybrid {med['engine_hybrid'] / med['bare_loop']:.3f}x bare loop "
+            f"(target <= 1.10; {latent_share:.0%} latent steps) | "
+            f"engine {batch * n / med['engine_token']:.0f} tok/s, HF {batch * n / med['hf_generate']:.0f} tok/s, "
+            f"bare {batch * n / med['bare_loop']:.0f} tok/s | tokens identical to HF: {same}"
+        )
 
 
 if __name__ == "__main__":

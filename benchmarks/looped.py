@@ -1,6 +1,6 @@
 """Looped vs plain depth: the k⊗L grid of "Reasoning with Latent Thoughts", trained by steps.
 
-    python benchmarks/looped.py --out runs/looped-grid [--steps 3000] [--task addition:n=4,digits=2,reverse=1 --task phop]
+    python benchmarks/looped.py --out runs/looped-grid [--steps 3000] [--task T ...]  # e.g. --task phop
     python benchmarks/looped.py --quick --out /tmp/looped-quick      # a smoke run of a few minutes
     python benchmarks/looped.py --out DIR --cells 2x8,8x1 & python benchmarks/looped.py --out DIR --cells 1x8,2x4 …
                                                                      # split the grid across processes
@@ -24,6 +24,7 @@ Writes to --out:
   models/<task>/<k>x<L>/   the trained models (a cell with a card.json is reused: the grid resumes),
                     each with its train_log.jsonl (a validation row every --eval-every steps)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,11 +87,23 @@ def train_cell(task: str, cell: Cell, root: Path, args) -> dict:
     if (out / "card.json").is_file():
         return json.loads((out / "card.json").read_text())
     arch = f"looped:k={cell.k},L={cell.L},pos={args.positions}"
-    lr = args.lr * cell.L ** -args.loop_lr_exponent
-    cfg = TrainConfig(task=task, method="nocot", arch=arch, hidden=args.hidden, heads=args.heads, lr=lr,
-                      batch_size=args.batch_size, steps=args.steps,
-                      warmup=min(100, args.steps // 10), decay="cosine", seed=args.seed, eval_every=args.eval_every or args.steps,
-                      eval_examples=args.eval_examples, test_examples=args.test_examples)
+    lr = args.lr * cell.L**-args.loop_lr_exponent
+    cfg = TrainConfig(
+        task=task,
+        method="nocot",
+        arch=arch,
+        hidden=args.hidden,
+        heads=args.heads,
+        lr=lr,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=min(100, args.steps // 10),
+        decay="cosine",
+        seed=args.seed,
+        eval_every=args.eval_every or args.steps,
+        eval_examples=args.eval_examples,
+        test_examples=args.test_examples,
+    )
     resume = (out / "checkpoint.pt").is_file()
     return train(cfg, out, resume=resume, argv=["benchmarks/looped.py", task, cell.name], progress=not args.quiet)
 
@@ -125,12 +138,15 @@ def answer_characters(model_dir: Path, card: dict) -> list[float]:
     longest = max(len(tokenizer(f"{ANSWER_PREFIX} {e.answer}")["input_ids"]) for e in examples)
     decode = DecodeConfig(max_new_tokens=longest + 8, stop=task.stop)  # the grid trains question → answer
     for start in range(0, len(examples), 100):
-        chunk = examples[start:start + 100]
-        for example, trace in zip(chunk, engine.generate([task.prompt(e) for e in chunk], TokenGate(),
-                                                         HiddenLatent(), decode, seed=0)):
+        chunk = examples[start : start + 100]
+        for example, trace in zip(
+            chunk, engine.generate([task.prompt(e) for e in chunk], TokenGate(), HiddenLatent(), decode, seed=0)
+        ):
             predicted = task.extract(trace.completion).prediction or ""
-            right += [i < len(predicted) and predicted[i] == example.answer[i] if i < len(example.answer) else 0
-                      for i in range(width)]
+            right += [
+                i < len(predicted) and predicted[i] == example.answer[i] if i < len(example.answer) else 0
+                for i in range(width)
+            ]
     shares = (right / having).round(4).tolist()
     cached.write_text(json.dumps(shares))
     return shares
@@ -167,12 +183,24 @@ def markdown(rows: pd.DataFrame, fits: pd.DataFrame) -> str:
     lines = ["| cell | D | params | " + " | ".join(tasks) + " |", "|---|---|---|" + "---|" * len(tasks)]
     for name, group in rows.groupby("cell", sort=False):
         first = group.iloc[0]
-        by_task = {r.task: f"{r.accuracy:.1%} [{' '.join(f'{c:.0%}' for c in r.answer_characters)}] "
-                           f"({r.steps} steps at lr {r.lr:.2g}, {r.seconds:.0f} s{reached(r.steps_to_half)})" for r in group.itertuples()}
-        lines.append(f"| {name} | {first.depth} | {first.params:,} | " + " | ".join(by_task.get(t, "-") for t in tasks) + " |")
-    lines += ["", "Each cell: exact-match test accuracy [share right at each answer character], training budget "
-              "(and the first validation check at >= 50 %, if any).",
-              "", "Fits accuracy ≈ α·ln D + β:", "", "| task | family | α | β | points |", "|---|---|---|---|---|"]
+        by_task = {
+            r.task: f"{r.accuracy:.1%} [{' '.join(f'{c:.0%}' for c in r.answer_characters)}] "
+            f"({r.steps} steps at lr {r.lr:.2g}, {r.seconds:.0f} s{reached(r.steps_to_half)})"
+            for r in group.itertuples()
+        }
+        lines.append(
+            f"| {name} | {first.depth} | {first.params:,} | " + " | ".join(by_task.get(t, "-") for t in tasks) + " |"
+        )
+    lines += [
+        "",
+        "Each cell: exact-match test accuracy [share right at each answer character], training budget "
+        "(and the first validation check at >= 50 %, if any).",
+        "",
+        "Fits accuracy ≈ α·ln D + β:",
+        "",
+        "| task | family | α | β | points |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {f.task} | {f.family} | {f.alpha:.3f} | {f.beta:.3f} | {f.points} |" for f in fits.itertuples()]
     return "\n".join(lines) + "\n"
 
@@ -184,6 +212,7 @@ def reached(step) -> str:
 def plot_curves(curves: dict[tuple[str, str], pd.DataFrame], path: Path) -> None:
     """Validation accuracy against step, one line per cell, one panel per task."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -205,6 +234,7 @@ def plot_curves(curves: dict[tuple[str, str], pd.DataFrame], path: Path) -> None
 
 def plot(rows: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -223,8 +253,14 @@ def plot(rows: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
             if not line.empty:
                 d = np.geomspace(points["depth"].min(), points["depth"].max(), 50)
                 alpha, beta = line.iloc[0][["alpha", "beta"]]
-                ax.plot(d, alpha * np.log(d) + beta, "-", color=colours[family], alpha=0.7,
-                        label=f"{alpha:.2f}·ln D + {beta:.2f}")
+                ax.plot(
+                    d,
+                    alpha * np.log(d) + beta,
+                    "-",
+                    color=colours[family],
+                    alpha=0.7,
+                    label=f"{alpha:.2f}·ln D + {beta:.2f}",
+                )
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("effective depth D = k·L")
@@ -245,20 +281,35 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--loop-lr-exponent", type=float, default=0.0,
-                        help="train a cell looped L times at lr · L^-p (default p = 0: one lr for all; p = 1 "
-                        "compensates for a shared block whose every update acts L times)")
-    parser.add_argument("--positions", choices=("learned", "rope"), default="learned",
-                        help="learned absolute positions (default: with rotary ones, 1-, 2- and 4-layer models all "
-                             "stayed at 1 %% on 4×2-digit addition after 3000 steps) or rope")
+    parser.add_argument(
+        "--loop-lr-exponent",
+        type=float,
+        default=0.0,
+        help="train a cell looped L times at lr · L^-p (default p = 0: one lr for all; p = 1 "
+        "compensates for a shared block whose every update acts L times)",
+    )
+    parser.add_argument(
+        "--positions",
+        choices=("learned", "rope"),
+        default="learned",
+        help="learned absolute positions (default: with rotary ones, 1-, 2- and 4-layer models all "
+        "stayed at 1 %% on 4×2-digit addition after 3000 steps) or rope",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--eval-every", type=int, help="validation check every N steps, a learning curve in each "
-                        "cell's train_log.jsonl (default: once, at the end)")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        help="validation check every N steps, a learning curve in each "
+        "cell's train_log.jsonl (default: once, at the end)",
+    )
     parser.add_argument("--eval-examples", type=int, default=200)
     parser.add_argument("--test-examples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cells", help="train only these cells, e.g. 1x1,2x8 (to split the grid across "
-                        "processes sharing one --out; a later run without --cells collects them all)")
+    parser.add_argument(
+        "--cells",
+        help="train only these cells, e.g. 1x1,2x8 (to split the grid across "
+        "processes sharing one --out; a later run without --cells collects them all)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.quick:
@@ -279,14 +330,29 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             card, folder = train_cell(task, cell, args.out, args), cell_dir(args.out, task, cell)
             characters = answer_characters(folder, card)
             curves[task, cell.name] = learning_curve(folder)
-            rows.append({"task": task, "cell": cell.name, "family": cell.families, "k": cell.k, "L": cell.L,
-                         "depth": cell.depth, "params": card["params"], "steps": card["config"]["steps"],
-                         "lr": card["config"]["lr"],
-                         "seconds": card["train_seconds"], "accuracy": card["test_accuracy"],
-                         "test_examples": card["test_examples"], "answer_characters": characters,
-                         "steps_to_half": first_step_reaching(curves[task, cell.name], 0.5)})
-            print(f"{task} {cell.name}: accuracy {card['test_accuracy']:.1%} after {card['config']['steps']} steps "
-                  f"({card['train_seconds']:.0f} s)", flush=True)
+            rows.append(
+                {
+                    "task": task,
+                    "cell": cell.name,
+                    "family": cell.families,
+                    "k": cell.k,
+                    "L": cell.L,
+                    "depth": cell.depth,
+                    "params": card["params"],
+                    "steps": card["config"]["steps"],
+                    "lr": card["config"]["lr"],
+                    "seconds": card["train_seconds"],
+                    "accuracy": card["test_accuracy"],
+                    "test_examples": card["test_examples"],
+                    "answer_characters": characters,
+                    "steps_to_half": first_step_reaching(curves[task, cell.name], 0.5),
+                }
+            )
+            print(
+                f"{task} {cell.name}: accuracy {card['test_accuracy']:.1%} after {card['config']['steps']} steps "
+                f"({card['train_seconds']:.0f} s)",
+                flush=True,
+            )
     table = pd.DataFrame(rows)
     fits = fit(table)
     table.assign(family=table["family"].map(";".join)).to_csv(args.out / "results.csv", index=False)

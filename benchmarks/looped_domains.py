@@ -13,6 +13,7 @@ Writes to --out:
   loops_by_domain.png  share of tokens by loops used, one panel per setting, one colour per domain
   results.md           the table
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ def load(exit_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         folder = root / "runs"
         runs = sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file()) if folder.is_dir() else []
         if not runs:
-            raise InputError(f"no run directories under {folder} (run benchmarks/looped_exit.py first)", where=str(root))
+            raise InputError(
+                f"no run directories under {folder} (run benchmarks/looped_exit.py first)", where=str(root)
+            )
         for path in runs:
             run = load_run(path)
             samples.append(run.samples)
@@ -44,8 +47,11 @@ def load(exit_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def by_domain(samples: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     """Accuracy and loops per token for every (domain, setting_id)."""
-    accuracy = samples.groupby(["domain", "setting_id"]).agg(examples=("correct", "size"),
-                                                             accuracy=("correct", "mean")).reset_index()
+    accuracy = (
+        samples.groupby(["domain", "setting_id"])
+        .agg(examples=("correct", "size"), accuracy=("correct", "mean"))
+        .reset_index()
+    )
     return accuracy.merge(loops_summary(steps), on=["domain", "setting_id"], how="left")
 
 

@@ -20,6 +20,7 @@ Writes to --out:
   results.md         those tables
   exit.png           accuracy vs mean loops per token; loops distribution per token role for each exit rule
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,25 @@ from latentcot.zoo.data import ANSWER_PREFIX
 def run_setting(args, name: str, options: list[str]) -> Path:
     """One ``latentcot run`` per setting; a finished one is reused, an interrupted one resumed."""
     out = args.out / "runs" / name
-    command = [sys.executable, "-m", "latentcot", "run", "--model", str(args.model), "--task", args.task,
-               "--split", "test", "--limit", str(args.limit), "--batch-size", str(args.batch_size),
-               "--out", str(out), *options]
+    command = [
+        sys.executable,
+        "-m",
+        "latentcot",
+        "run",
+        "--model",
+        str(args.model),
+        "--task",
+        args.task,
+        "--split",
+        "test",
+        "--limit",
+        str(args.limit),
+        "--batch-size",
+        str(args.batch_size),
+        "--out",
+        str(out),
+        *options,
+    ]
     if (out / "manifest.json").is_file():
         command.append("--resume")
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -55,7 +72,7 @@ def roles(token_texts: list[str]) -> list[str]:
     EOS). A token holding the space and the first digit counts as answer[0]."""
     text = "".join(token_texts)
     where = text.rfind(ANSWER_PREFIX)
-    body = text[where + len(ANSWER_PREFIX):] if where >= 0 else ""
+    body = text[where + len(ANSWER_PREFIX) :] if where >= 0 else ""
     answer_start = len(text) - len(body.lstrip()) if where >= 0 else len(text) + 1
     out, start = [], 0
     for piece in token_texts:
@@ -72,13 +89,13 @@ def roles(token_texts: list[str]) -> list[str]:
 
 def _offset(role: str) -> int | None:
     """i of an "answer[i]" role, None for the others."""
-    return int(role[len("answer["):-1]) if role.startswith("answer[") else None
+    return int(role[len("answer[") : -1]) if role.startswith("answer[") else None
 
 
 def token_correct(role: str, text: str, answer: str) -> float:
     """1.0 / 0.0: an answer token matches the gold answer at its offset; NaN for other tokens."""
     offset, piece = _offset(role), text.strip()
-    return float("nan") if offset is None else float(piece == answer[offset:offset + len(piece)])
+    return float("nan") if offset is None else float(piece == answer[offset : offset + len(piece)])
 
 
 def past_answer(role: str, answer: str) -> str:
@@ -140,15 +157,21 @@ def tables(samples: pd.DataFrame, steps: pd.DataFrame, order: list[str]) -> dict
     by_group = samples.groupby(["setting", "group"], sort=False).apply(accuracy, include_groups=False)
     by_group["loops_per_token"] = steps.groupby(["setting", "group"])["loops"].mean()
     by_role = steps.groupby(["setting", "role"]).agg(
-        tokens=("loops", "size"), loops_per_token=("loops", "mean"), entropy=("entropy", "mean"),
-        token_accuracy=("token_correct", "mean"))
+        tokens=("loops", "size"),
+        loops_per_token=("loops", "mean"),
+        entropy=("entropy", "mean"),
+        token_accuracy=("token_correct", "mean"),
+    )
     rank = {name: i for i, name in enumerate(order)}
-    return {name: frame.reset_index().sort_values("setting", key=lambda c: c.map(rank), kind="stable")
-            for name, frame in (("settings", settings), ("loops_by_group", by_group), ("loops_by_role", by_role))}
+    return {
+        name: frame.reset_index().sort_values("setting", key=lambda c: c.map(rank), kind="stable")
+        for name, frame in (("settings", settings), ("loops_by_group", by_group), ("loops_by_role", by_role))
+    }
 
 
 def plot(out: dict[str, pd.DataFrame], steps: pd.DataFrame, exits: list[str], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -157,11 +180,18 @@ def plot(out: dict[str, pd.DataFrame], steps: pd.DataFrame, exits: list[str], pa
     table = out["settings"]
     for is_exit, marker, label in ((False, "o-", "fixed loops"), (True, "s", "adaptive exit")):
         part = table[table["setting"].isin(exits) == is_exit]
-        ax.errorbar(part["loops_per_token"], part["accuracy"], yerr=[part["accuracy"] - part["lo"],
-                    part["hi"] - part["accuracy"]], fmt=marker, capsize=3, label=label)
+        ax.errorbar(
+            part["loops_per_token"],
+            part["accuracy"],
+            yerr=[part["accuracy"] - part["lo"], part["hi"] - part["accuracy"]],
+            fmt=marker,
+            capsize=3,
+            label=label,
+        )
         for row in part.itertuples():
-            ax.annotate(row.setting, (row.loops_per_token, row.accuracy), fontsize=6, xytext=(3, -8),
-                        textcoords="offset points")
+            ax.annotate(
+                row.setting, (row.loops_per_token, row.accuracy), fontsize=6, xytext=(3, -8), textcoords="offset points"
+            )
     ax.set_xlabel("mean loops per generated token")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(-0.03, 1.03)
@@ -174,8 +204,12 @@ def plot(out: dict[str, pd.DataFrame], steps: pd.DataFrame, exits: list[str], pa
         for i, role in enumerate(names):
             loops = part.loc[part["role"] == role, "loops"].astype(int)
             share = loops.value_counts(normalize=True).reindex(range(1, top + 1), fill_value=0)
-            ax.bar(np.arange(1, top + 1) + (i - (len(names) - 1) / 2) * width, share, width,
-                   label=f"{role} (mean {loops.mean():.2f})")
+            ax.bar(
+                np.arange(1, top + 1) + (i - (len(names) - 1) / 2) * width,
+                share,
+                width,
+                label=f"{role} (mean {loops.mean():.2f})",
+            )
         ax.set_xlabel("loops used")
         ax.set_ylabel("share of tokens")
         ax.set_title(name, fontsize=9)
@@ -198,8 +232,12 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     parser.add_argument("--task", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--loops", default="1,2,3,4,5,6,7,8", help="fixed loop counts, comma-separated")
-    parser.add_argument("--exit", action="append", dest="exits", help="exit rule as for `latentcot run --exit` "
-                        "(repeat); default kl:1e-2, kl:1e-3, kl:5e-4, argmax:2")
+    parser.add_argument(
+        "--exit",
+        action="append",
+        dest="exits",
+        help="exit rule as for `latentcot run --exit` (repeat); default kl:1e-2, kl:1e-3, kl:5e-4, argmax:2",
+    )
     parser.add_argument("--max-loops", type=int, default=8, help="most iterations an exit rule may use")
     parser.add_argument("--limit", type=int, default=500, help="test examples")
     parser.add_argument("--batch-size", type=int, default=100)

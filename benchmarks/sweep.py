@@ -7,6 +7,7 @@ same settings: the sweep's K entropy-gated settings plus its token and latent ba
 K + 2 separate runs. The sweep loads Python, torch and the model once and checks the tasks once;
 the separate runs pay that per setting. Prints wall times and the ratio separate / sweep.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ from latentcot.zoo.tiny import char_tokenizer, tiny_model
 def latentcot(*args: str) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "latentcot", *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "latentcot", *args],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -41,22 +47,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         tokenizer = char_tokenizer()
-        tiny_model("llama", tokenizer, seed=0, hidden=args.hidden, layers=args.layers, heads=4,
-                   positions=1024, init_std=0.2).save_pretrained(model_dir)
+        tiny_model(
+            "llama", tokenizer, seed=0, hidden=args.hidden, layers=args.layers, heads=4, positions=1024, init_std=0.2
+        ).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-        common = ["--model", str(model_dir), "--task", "addition:n=2,digits=1", "--limit", str(args.limit),
-                  "--max-new-tokens", str(args.new_tokens), "--batch-size", "16"]
+        common = [
+            "--model",
+            str(model_dir),
+            "--task",
+            "addition:n=2,digits=1",
+            "--limit",
+            str(args.limit),
+            "--max-new-tokens",
+            str(args.new_tokens),
+            "--batch-size",
+            "16",
+        ]
 
-        sweep = latentcot("sweep", *common, "--latent", "soft", "--thresholds", ",".join(map(str, taus)),
-                          "--out", f"{tmp}/sweep")
+        sweep = latentcot(
+            "sweep", *common, "--latent", "soft", "--thresholds", ",".join(map(str, taus)), "--out", f"{tmp}/sweep"
+        )
         settings = [["--gate", "token"], ["--gate", "latent", "--latent", "soft"]]
         settings += [["--gate", "entropy", "--threshold", str(t), "--latent", "soft"] for t in taus]
         separate = sum(latentcot("run", *common, *s, "--out", f"{tmp}/run{i}") for i, s in enumerate(settings))
 
         n_records = len(settings) * args.limit
         same = (Path(tmp) / "sweep" / "samples.jsonl").read_text().count("\n") == n_records
-    print(f"{len(settings)} settings (K={args.thresholds} thresholds + token + latent) x {args.limit} examples, "
-          f"llama d={args.hidden} L={args.layers}, {args.new_tokens} new positions")
+    print(
+        f"{len(settings)} settings (K={args.thresholds} thresholds + token + latent) x {args.limit} examples, "
+        f"llama d={args.hidden} L={args.layers}, {args.new_tokens} new positions"
+    )
     print(f"  one sweep:                 {sweep:7.1f} s")
     print(f"  {len(settings)} separate runs:          {separate:7.1f} s")
     print(f"  separate / sweep:          {separate / sweep:7.2f}x   (records complete: {same})")

@@ -8,6 +8,7 @@ times ``load_task(path).examples("test", None, 0)``: reading, validation, answer
 and template loading. Prints the best of --repeats runs per format, in seconds, and its ratio to
 the budget (below 1 is within budget).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,18 +25,24 @@ BUDGET_S = 2.0
 def write_files(folder: Path, n: int) -> dict[str, Path]:
     prosqa = load_task("prosqa").examples("train", n, 0)
     igsm = load_task("igsm").examples("train", n, 0)
-    paths = {"coconut .json": folder / "prosqa.json", "gsm8k .jsonl": folder / "gsm8k.jsonl",
-             "generic .jsonl": folder / "generic.jsonl"}
+    paths = {
+        "coconut .json": folder / "prosqa.json",
+        "gsm8k .jsonl": folder / "gsm8k.jsonl",
+        "generic .jsonl": folder / "generic.jsonl",
+    }
     write_coconut_json(prosqa, paths["coconut .json"])
     with open(paths["gsm8k .jsonl"], "w") as handle:
         for e in igsm:
             solution = "\n".join(f"{s} <<{s.rsplit('= ', 1)[1]}>>" for s in e.steps)
-            handle.write(json.dumps({"question": e.question,
-                                     "answer": f"{solution}\n#### {e.answer}"}) + "\n")
+            handle.write(json.dumps({"question": e.question, "answer": f"{solution}\n#### {e.answer}"}) + "\n")
     with open(paths["generic .jsonl"], "w") as handle:
         for e in igsm:
-            handle.write(json.dumps({"id": e.id, "question": e.question, "answer": e.answer,
-                                     "steps": list(e.steps), "domain": e.domain}) + "\n")
+            handle.write(
+                json.dumps(
+                    {"id": e.id, "question": e.question, "answer": e.answer, "steps": list(e.steps), "domain": e.domain}
+                )
+                + "\n"
+            )
     return paths
 
 
@@ -61,8 +68,10 @@ def main() -> None:
         for label, path in paths.items():
             seconds = time_load(path, args.n, args.repeats)
             size = path.stat().st_size / 2**20
-            print(f"{label:15s} {args.n} examples ({size:5.1f} MiB): {seconds:.3f} s  "
-                  f"ratio to {BUDGET_S:.0f} s budget: {seconds / BUDGET_S:.3f}")
+            print(
+                f"{label:15s} {args.n} examples ({size:5.1f} MiB): {seconds:.3f} s  "
+                f"ratio to {BUDGET_S:.0f} s budget: {seconds / BUDGET_S:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Wall-clock timing shared by the benchmark scripts (CUDA work is synchronised around the call)."""
+
 from __future__ import annotations
 
 import time

@@ -11,6 +11,7 @@ Prints, per batch size:
 Each figure is the median of --repeats interleaved runs. Random-init weights, saved to a temporary
 directory for vLLM. On CPU set VLLM_ENABLE_V1_MULTIPROCESSING=0 (``make bench-vllm`` does).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,18 +45,25 @@ def qwen05b_model(tokenizer):
     """Qwen2-0.5B's shape (d 896, 24 layers, 14 heads / 2 KV heads, V 151936), random init."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model("qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                                  num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                                  max_position_embeddings=4096, tie_word_embeddings=True,
-                                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                  eos_token_id=tokenizer.eos_token_id)
+    config = AutoConfig.for_model(
+        "qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model.eval()
-
-
 
 
 def main() -> None:
@@ -76,8 +84,11 @@ def main() -> None:
     from latentcot.backends.vllm import VLLMEngine
 
     tokenizer = char_tokenizer()
-    model = (qwen05b_model(tokenizer) if args.qwen05b else
-             tiny_model(args.arch, tokenizer, hidden=args.hidden, layers=args.layers, heads=args.heads, init_std=0.2))
+    model = (
+        qwen05b_model(tokenizer)
+        if args.qwen05b
+        else tiny_model(args.arch, tokenizer, hidden=args.hidden, layers=args.layers, heads=args.heads, init_std=0.2)
+    )
     model = model.to(dtype=getattr(torch, args.dtype))
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(Path(tmp) / "model")
@@ -89,15 +100,18 @@ def main() -> None:
     hf_engine = Engine(model, tokenizer)
     n = args.new_tokens
     cfg = DecodeConfig(max_new_tokens=n, ignore_eos=True)
-    print(f"model {model.config.model_type} d={model.config.hidden_size} L={model.config.num_hidden_layers} "
-          f"V={model.config.vocab_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) {args.dtype}, "
-          f"hf on {args.device}, vLLM on {vllm_engine.identity['device']}, {n} new tokens, "
-          f"threads={torch.get_num_threads()}, median of {args.repeats}")
+    print(
+        f"model {model.config.model_type} d={model.config.hidden_size} L={model.config.num_hidden_layers} "
+        f"V={model.config.vocab_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) {args.dtype}, "
+        f"hf on {args.device}, vLLM on {vllm_engine.identity['device']}, {n} new tokens, "
+        f"threads={torch.get_num_threads()}, median of {args.repeats}"
+    )
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = prompts_for(batch)
         natural = DecodeConfig(max_new_tokens=n)
-        same = ([t.token_id for t in vllm_engine.generate(prompts, TokenGate(), SoftLatent(), natural)] ==
-                [t.token_id for t in hf_engine.generate(prompts, TokenGate(), SoftLatent(), natural)])
+        same = [t.token_id for t in vllm_engine.generate(prompts, TokenGate(), SoftLatent(), natural)] == [
+            t.token_id for t in hf_engine.generate(prompts, TokenGate(), SoftLatent(), natural)
+        ]
         probe = hf_engine.generate(prompts, TokenGate(), SoftLatent(), cfg)
         gate = EntropyGate(threshold=statistics.median(h for t in probe for h in t.entropy))
         runs = {
@@ -115,11 +129,13 @@ def main() -> None:
         med = {name: statistics.median(ts) for name, ts in times.items()}
         traces = vllm_engine.generate(prompts, gate, SoftLatent(), cfg)
         latent_share = sum(t.n_latent for t in traces) / sum(t.n_steps for t in traces)
-        print(f"batch {batch:>3}: token arm vLLM {med['hf_token'] / med['vllm_token']:.2f}x the hf engine "
-              f"({batch * n / med['vllm_token']:.0f} vs {batch * n / med['hf_token']:.0f} tok/s) | "
-              f"hybrid vLLM {med['hf_hybrid'] / med['vllm_hybrid']:.2f}x the hf engine "
-              f"({latent_share:.0%} latent steps; {batch * n / med['vllm_hybrid']:.0f} vs "
-              f"{batch * n / med['hf_hybrid']:.0f} steps/s) | token arm tokens identical: {same}")
+        print(
+            f"batch {batch:>3}: token arm vLLM {med['hf_token'] / med['vllm_token']:.2f}x the hf engine "
+            f"({batch * n / med['vllm_token']:.0f} vs {batch * n / med['hf_token']:.0f} tok/s) | "
+            f"hybrid vLLM {med['hf_hybrid'] / med['vllm_hybrid']:.2f}x the hf engine "
+            f"({latent_share:.0%} latent steps; {batch * n / med['vllm_hybrid']:.0f} vs "
+            f"{batch * n / med['hf_hybrid']:.0f} steps/s) | token arm tokens identical: {same}"
+        )
 
 
 if __name__ == "__main__":

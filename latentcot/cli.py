@@ -1,4 +1,5 @@
 """The ``latentcot`` command. Each command only wires options -> configs -> objects -> store."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,10 +7,10 @@ import functools
 import inspect
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import make_dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, List, Optional
 
 import typer
 from typer.exceptions import TyperException
@@ -20,8 +21,12 @@ from latentcot.errors import InputError
 # the app runs: this import (torch, transformers) is part of every command's start-up.
 from latentcot.zoo.settings import TrainConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compare latent and token chain of thought in causal language models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compare latent and token chain of thought in causal language models.",
+)
 
 RUN_EXAMPLES = """
 Examples:
@@ -45,40 +50,110 @@ Examples:
 
 
 _COMMON = {
-    "model": (str, typer.Option(..., "--model", "-m", help="HF hub id, local save_pretrained directory, or builtin:NAME.")),
-    "task": (List[str], typer.Option(..., "--task", "-t", help="Registered task (name or name:key=value,...) or a .json/.jsonl file; repeat for several.")),
-    "out": (Optional[Path], typer.Option(None, "--out", "-o", help="Run directory (default runs/<date>-<time>-<hash>).")),
-    "limit": (Optional[int], typer.Option(None, "--limit", "-n", min=1, help="Examples per task.")),
+    "model": (
+        str,
+        typer.Option(..., "--model", "-m", help="HF hub id, local save_pretrained directory, or builtin:NAME."),
+    ),
+    "task": (
+        list[str],
+        typer.Option(
+            ...,
+            "--task",
+            "-t",
+            help="Registered task (name or name:key=value,...) or a .json/.jsonl file; repeat for several.",
+        ),
+    ),
+    "out": (
+        Path | None,
+        typer.Option(None, "--out", "-o", help="Run directory (default runs/<date>-<time>-<hash>)."),
+    ),
+    "limit": (int | None, typer.Option(None, "--limit", "-n", min=1, help="Examples per task.")),
     "split": (str, typer.Option("test", help="Split of a generated task: train, valid or test.")),
     "unit": (str, typer.Option("nats", help="Threshold unit: nats | bits | normalized (H / log V).")),
     "latent_temperature": (float, typer.Option(1.0, help="Soft latent modes: softmax temperature of the mixture.")),
     "latent_top_k": (int, typer.Option(8, help="topk-soft: number of token embeddings mixed.")),
-    "markers": (Optional[str], typer.Option(None, help="Begin,end thought tokens fed around latent segments, e.g. '<bot>,<eot>'.")),
+    "markers": (
+        str | None,
+        typer.Option(None, help="Begin,end thought tokens fed around latent segments, e.g. '<bot>,<eot>'."),
+    ),
     "temperature": (float, typer.Option(0.0, help="Sampling temperature; 0 = greedy.")),
     "top_p": (float, typer.Option(1.0, help="Nucleus sampling mass.")),
     "top_k": (int, typer.Option(0, help="Sample among the k most likely tokens (0 = all).")),
     "max_new_tokens": (int, typer.Option(128, help="Generated positions per example (tokens, latents, markers).")),
-    "stop": (List[str], typer.Option([], "--stop", help="Stop string; repeat for several.")),
+    "stop": (list[str], typer.Option([], "--stop", help="Stop string; repeat for several.")),
     "batch_size": (int, typer.Option(16, min=1, help="Examples decoded together.")),
     "seed": (int, typer.Option(0, help="Run seed; each example's sampling seed derives from it and the example id.")),
     "resume": (bool, typer.Option(False, "--resume", help="Continue a run directory, skipping recorded samples.")),
-    "measure": (List[str], typer.Option([], "--measure", help="Extra per-step measurements: counterfactual (KL of the next "
-                                        "step had the latent been fed, latent-vs-token geometry, logit lens).")),
-    "prompt": (Optional[Path], typer.Option(None, "--prompt", help="Prompt template file overriding the task's.")),
-    "tokenizer": (Optional[str], typer.Option(None, help="Tokenizer id or directory, when the model's own is missing.")),
+    "measure": (
+        list[str],
+        typer.Option(
+            [],
+            "--measure",
+            help="Extra per-step measurements: counterfactual (KL of the next "
+            "step had the latent been fed, latent-vs-token geometry, logit lens).",
+        ),
+    ),
+    "prompt": (Path | None, typer.Option(None, "--prompt", help="Prompt template file overriding the task's.")),
+    "tokenizer": (
+        str | None,
+        typer.Option(None, help="Tokenizer id or directory, when the model's own is missing."),
+    ),
     "device": (str, typer.Option("auto", help="auto | cpu | cuda | cuda:N.")),
     "dtype": (str, typer.Option("auto", help="auto | float32 | bfloat16 | float16.")),
     "trust_remote_code": (bool, typer.Option(False, help="Allow code shipped with a hub checkpoint to run.")),
-    "loops": (Optional[int], typer.Option(None, "--loops", min=1, help="Looped models: iterations of the shared block per token (with --exit: the most).")),
-    "exit": (Optional[str], typer.Option(None, "--exit", help="Looped models: adaptive exit per token, kl:5e-4 | entropy:1e-3 | argmax:M (stable for M iterations).")),
-    "repeat_layers": (Optional[str], typer.Option(None, "--repeat-layers", help="Experimental, any model: apply layers START:END (END exclusive) --repeats times.")),
-    "repeats": (int, typer.Option(2, "--repeats", min=1, help="With --repeat-layers: how many times the range is applied.")),
-    "backend": (str, typer.Option("hf", help="Decoding engine: hf (transformers, every feature) | vllm (soft/topk-soft latents, no --measure or --markers).")),
+    "loops": (
+        int | None,
+        typer.Option(
+            None,
+            "--loops",
+            min=1,
+            help="Looped models: iterations of the shared block per token (with --exit: the most).",
+        ),
+    ),
+    "exit": (
+        str | None,
+        typer.Option(
+            None,
+            "--exit",
+            help="Looped models: adaptive exit per token, kl:5e-4 | entropy:1e-3 | argmax:M (stable for M iterations).",
+        ),
+    ),
+    "repeat_layers": (
+        str | None,
+        typer.Option(
+            None,
+            "--repeat-layers",
+            help="Experimental, any model: apply layers START:END (END exclusive) --repeats times.",
+        ),
+    ),
+    "repeats": (
+        int,
+        typer.Option(2, "--repeats", min=1, help="With --repeat-layers: how many times the range is applied."),
+    ),
+    "backend": (
+        str,
+        typer.Option(
+            "hf",
+            help="Decoding engine: hf (transformers, every feature) | vllm (soft/topk-soft latents, "
+            "no --measure or --markers).",
+        ),
+    ),
     "tensor_parallel_size": (int, typer.Option(1, help="vllm: GPUs the model is split over.")),
-    "max_model_len": (Optional[int], typer.Option(None, help="vllm: context length (default: the model's).")),
-    "gpu_memory_utilization": (Optional[float], typer.Option(None, help="vllm: fraction of GPU memory it may take (vLLM's default 0.92).")),
-    "kv_cache_gib": (Optional[float], typer.Option(None, help="vllm: KV-cache size in GiB, instead of a memory fraction (needed on CPU).")),
-    "enforce_eager": (bool, typer.Option(False, "--enforce-eager", help="vllm: no CUDA graphs or compilation (starts faster, decodes slower).")),
+    "max_model_len": (int | None, typer.Option(None, help="vllm: context length (default: the model's).")),
+    "gpu_memory_utilization": (
+        float | None,
+        typer.Option(None, help="vllm: fraction of GPU memory it may take (vLLM's default 0.92)."),
+    ),
+    "kv_cache_gib": (
+        float | None,
+        typer.Option(None, help="vllm: KV-cache size in GiB, instead of a memory fraction (needed on CPU)."),
+    ),
+    "enforce_eager": (
+        bool,
+        typer.Option(
+            False, "--enforce-eager", help="vllm: no CUDA graphs or compilation (starts faster, decodes slower)."
+        ),
+    ),
 }
 
 # The options every decoding command takes, as one frozen object (filled in by ``decoding_options``);
@@ -92,10 +167,15 @@ def decoding_options(command: Callable) -> Callable:
     Keeps ``run`` and ``sweep`` (and later decoding commands) from repeating two dozen declarations.
     """
     hints = typing.get_type_hints(command)
-    own = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=hints[p.name])
-           for p in inspect.signature(command).parameters.values() if p.name != "common"]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-              for name, (kind, option) in _COMMON.items()]
+    own = [
+        inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=hints[p.name])
+        for p in inspect.signature(command).parameters.values()
+        if p.name != "common"
+    ]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        for name, (kind, option) in _COMMON.items()
+    ]
 
     @functools.wraps(command)
     def wrapper(**values):
@@ -117,30 +197,49 @@ def _execute(common: CommonOptions, settings) -> None:
     hf_logging.disable_progress_bar()  # the run has its own progress bar; keep stderr readable
     from latentcot.repeat import parse_range
 
-    model_cfg = ModelConfig(common.model, tokenizer=common.tokenizer, dtype=common.dtype, device=common.device,
-                            trust_remote_code=common.trust_remote_code,
-                            repeat_layers=(*parse_range(common.repeat_layers), common.repeats)
-                            if common.repeat_layers else None)
-    plan = experiment.Plan(model=model_cfg, tasks=tuple(common.task), settings=tuple(settings), split=common.split,
-                           limit=common.limit, batch_size=common.batch_size, seed=common.seed,
-                           prompt_file=str(common.prompt) if common.prompt else None,
-                           measure=tuple(dict.fromkeys(common.measure)),
-                           backend=BackendConfig(common.backend, common.tensor_parallel_size, common.max_model_len,
-                                                 common.gpu_memory_utilization, common.kv_cache_gib,
-                                                 common.enforce_eager))
+    model_cfg = ModelConfig(
+        common.model,
+        tokenizer=common.tokenizer,
+        dtype=common.dtype,
+        device=common.device,
+        trust_remote_code=common.trust_remote_code,
+        repeat_layers=(*parse_range(common.repeat_layers), common.repeats) if common.repeat_layers else None,
+    )
+    plan = experiment.Plan(
+        model=model_cfg,
+        tasks=tuple(common.task),
+        settings=tuple(settings),
+        split=common.split,
+        limit=common.limit,
+        batch_size=common.batch_size,
+        seed=common.seed,
+        prompt_file=str(common.prompt) if common.prompt else None,
+        measure=tuple(dict.fromkeys(common.measure)),
+        backend=BackendConfig(
+            common.backend,
+            common.tensor_parallel_size,
+            common.max_model_len,
+            common.gpu_memory_utilization,
+            common.kv_cache_gib,
+            common.enforce_eager,
+        ),
+    )
     experiment.execute(plan, common.out, resume=common.resume, argv=sys.argv)
 
 
 def _decode_config(common: CommonOptions):
     from latentcot.config import DecodeConfig
-
     from latentcot.looping import LoopConfig, parse_exit
 
     markers = tuple(common.markers.split(",")) if common.markers else None
-    loop = parse_exit(common.exit, common.loops) if common.exit else (
-        LoopConfig(loops=common.loops) if common.loops is not None else None)
-    return DecodeConfig(common.max_new_tokens, common.temperature, common.top_p, common.top_k,
-                        tuple(common.stop), markers, loop=loop)
+    loop = (
+        parse_exit(common.exit, common.loops)
+        if common.exit
+        else (LoopConfig(loops=common.loops) if common.loops is not None else None)
+    )
+    return DecodeConfig(
+        common.max_new_tokens, common.temperature, common.top_p, common.top_k, tuple(common.stop), markers, loop=loop
+    )
 
 
 def _latent_config(common: CommonOptions, kind: str):
@@ -154,11 +253,15 @@ def _latent_config(common: CommonOptions, kind: str):
 def run(
     common: CommonOptions,
     gate: str = typer.Option("token", help="token | latent | entropy | fixed."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Entropy gate: latent when H > threshold."),
-    threshold_map: Optional[Path] = typer.Option(None, "--threshold-map", help="Entropy gate: JSON {domain: threshold} ('*' = other domains) instead of one --threshold."),
-    k: Optional[int] = typer.Option(None, "--k", help="Fixed gate: number of leading latent steps."),
-    max_consecutive: Optional[int] = typer.Option(None, help="Entropy gate: at most this many latent steps in a row."),
-    max_latent: Optional[int] = typer.Option(None, help="Entropy gate: at most this many latent steps per sequence."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Entropy gate: latent when H > threshold."),
+    threshold_map: Path | None = typer.Option(
+        None,
+        "--threshold-map",
+        help="Entropy gate: JSON {domain: threshold} ('*' = other domains) instead of one --threshold.",
+    ),
+    k: int | None = typer.Option(None, "--k", help="Fixed gate: number of leading latent steps."),
+    max_consecutive: int | None = typer.Option(None, help="Entropy gate: at most this many latent steps in a row."),
+    max_latent: int | None = typer.Option(None, help="Entropy gate: at most this many latent steps per sequence."),
     latent: str = typer.Option("hidden", help="Latent mode: hidden | hidden-normed | soft | topk-soft."),
 ) -> None:
     """Decode task examples under one gate and latent mode; append one record per example to samples.jsonl."""
@@ -175,27 +278,41 @@ def run(
 @decoding_options
 def sweep(
     common: CommonOptions,
-    thresholds: Optional[str] = typer.Option(None, "--thresholds", help="Entropy thresholds: a list '0,0.5,1' or a range 'start:stop:step' (stop included)."),
-    threshold_map: Optional[Path] = typer.Option(None, "--threshold-map", help="Also run one setting with a threshold per domain: JSON {domain: threshold}, '*' = other domains."),
-    latent: str = typer.Option("hidden", help="Latent mode(s), comma-separated: hidden, hidden-normed, soft, topk-soft."),
-    max_consecutive: Optional[int] = typer.Option(None, help="Entropy gate: at most this many latent steps in a row."),
-    max_latent: Optional[int] = typer.Option(None, help="Entropy gate: at most this many latent steps per sequence."),
+    thresholds: str | None = typer.Option(
+        None, "--thresholds", help="Entropy thresholds: a list '0,0.5,1' or a range 'start:stop:step' (stop included)."
+    ),
+    threshold_map: Path | None = typer.Option(
+        None,
+        "--threshold-map",
+        help="Also run one setting with a threshold per domain: JSON {domain: threshold}, '*' = other domains.",
+    ),
+    latent: str = typer.Option(
+        "hidden", help="Latent mode(s), comma-separated: hidden, hidden-normed, soft, topk-soft."
+    ),
+    max_consecutive: int | None = typer.Option(None, help="Entropy gate: at most this many latent steps in a row."),
+    max_latent: int | None = typer.Option(None, help="Entropy gate: at most this many latent steps per sequence."),
 ) -> None:
     """Thresholds × latent modes × tasks in one run directory, plus the token-only and latent-only baselines."""
     from latentcot.grid import parse_thresholds, read_threshold_map, sweep_settings
 
     taus = parse_thresholds(thresholds) if thresholds is not None else []
     latents = [_latent_config(common, kind.strip()) for kind in latent.split(",") if kind.strip()]
-    settings = sweep_settings(taus, latents, _decode_config(common), unit=common.unit,
-                              threshold_map=read_threshold_map(threshold_map) if threshold_map else None,
-                              max_consecutive=max_consecutive, max_latent=max_latent)
+    settings = sweep_settings(
+        taus,
+        latents,
+        _decode_config(common),
+        unit=common.unit,
+        threshold_map=read_threshold_map(threshold_map) if threshold_map else None,
+        max_consecutive=max_consecutive,
+        max_latent=max_latent,
+    )
     _execute(common, settings)
 
 
 @app.command(epilog="Examples:\n\n  latentcot analyze runs/grid\n\n  latentcot analyze runs/grid --out reports/grid")
 def analyze(
     run_dir: Path = typer.Argument(..., help="A run directory (with samples.jsonl)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default RUN_DIR/report)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report directory (default RUN_DIR/report)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap confidence intervals."),
 ) -> None:
     """Tables, figures, summary.md and a self-contained report.html for a run; prints the headline table."""
@@ -219,7 +336,9 @@ Examples:
 
 @app.command(epilog=DEMO_EXAMPLES)
 def demo(
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Demo directory, one run per model (default runs/demo-<date>-<time>)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Demo directory, one run per model (default runs/demo-<date>-<time>)."
+    ),
     limit: int = typer.Option(100, "--limit", "-n", min=1, help="Test examples per model."),
     batch_size: int = typer.Option(50, min=1, help="Examples decoded together."),
     max_new_tokens: int = typer.Option(160, min=1, help="Generated positions per example."),
@@ -229,8 +348,8 @@ def demo(
     """The embedded default: built-in models on their tasks, threshold sweeps, measurements, report."""
     from datetime import datetime
 
-    from latentcot.analysis import write_report
     from latentcot import demo as demos
+    from latentcot.analysis import write_report
     from latentcot.experiment import execute
     from latentcot.zoo.registry import list_models
 
@@ -249,7 +368,10 @@ def demo(
         typer.echo(f"report ({name}): {report.html}")
 
 
-@app.command("tasks", epilog="Example:\n\n  latentcot tasks\n\n  latentcot run --model M --task addition:n=8,digits=3 --task prosqa:hops=4")
+@app.command(
+    "tasks",
+    epilog="Example:\n\n  latentcot tasks\n\n  latentcot run --model M --task addition:n=8,digits=3 --task prosqa:hops=4",
+)
 def list_tasks_command() -> None:
     """List the registered tasks with their domain and a one-line description."""
     from latentcot.tasks import list_tasks
@@ -278,13 +400,20 @@ def train_options(command: Callable) -> Callable:
     the command adds only its own options (``--out``, ``--resume``), listed after the required ones."""
     fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
     field_types = typing.get_type_hints(TrainConfig)
-    generated = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_train_option(f),
-                                   annotation=field_types[f.name]) for f in fields]
+    generated = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=_train_option(f), annotation=field_types[f.name]
+        )
+        for f in fields
+    ]
     required = [p for p, f in zip(generated, fields) if f.default is dataclasses.MISSING]
     optional = [p for p, f in zip(generated, fields) if f.default is not dataclasses.MISSING]
     hints = typing.get_type_hints(command)
-    own = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=hints[p.name])
-           for p in inspect.signature(command).parameters.values() if p.name != "cfg"]
+    own = [
+        inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=hints[p.name])
+        for p in inspect.signature(command).parameters.values()
+        if p.name != "cfg"
+    ]
 
     @functools.wraps(command)
     def wrapper(**values):
@@ -311,7 +440,8 @@ def _typed_command(ctx: typer.Context) -> list[str]:
     return words
 
 
-@app.command(epilog="""
+@app.command(
+    epilog="""
 Examples:
 
   latentcot train --task addition:n=4,digits=2,reverse=1 --method cot --out models/add-cot --steps 3000
@@ -321,15 +451,21 @@ Examples:
   latentcot train --task addition:n=4,digits=2,reverse=1 --method cot --out models/add-cot --resume
 
   latentcot run --model models/add-coconut --prompt models/add-coconut/prompt.json --task addition:n=4,digits=2,reverse=1 --gate fixed --k 3 --markers "<bot>,<eot>"
-""")
+"""
+)
 @train_options
 def train(
     ctx: typer.Context,
     cfg: TrainConfig,
-    out: Path | None = typer.Option(None, "--out", "-o",
-                                    help="Model directory (default $LATENTCOT_HOME/models/<task>-<method>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the directory's last checkpoint, given the same "
-                                "options (--steps, --device and --save-dtype may change)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Model directory (default $LATENTCOT_HOME/models/<task>-<method>)."
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the directory's last checkpoint, given the same "
+        "options (--steps, --device and --save-dtype may change).",
+    ),
 ) -> None:
     """Train a small model on a task (cot, nocot or COCONUT); write weights, prompt.json, train_log.jsonl, card.json."""
     from latentcot.zoo.train import default_out
@@ -340,17 +476,31 @@ def train(
     typer.echo(f"{target}: test accuracy {card['test_accuracy']:.1%} on {card['test_examples']} examples")
 
 
-@app.command("models", epilog="Example:\n\n  latentcot models\n\n  latentcot run --model builtin:NAME --task addition --gate token")
+@app.command(
+    "models",
+    epilog="Example:\n\n  latentcot models\n\n  latentcot run --model builtin:NAME --task addition --gate token",
+)
 def list_models_command() -> None:
     """List the zoo: built-in models and the ones you trained ($LATENTCOT_HOME/models), with their status."""
     from latentcot.zoo.registry import BUILTIN_ROOT, list_models, user_root
 
     models = list_models()
     if not models:
-        typer.echo(f"no models yet: built-in ones ship in {BUILTIN_ROOT}; `latentcot train` adds yours to {user_root()}")
+        typer.echo(
+            f"no models yet: built-in ones ship in {BUILTIN_ROOT}; `latentcot train` adds yours to {user_root()}"
+        )
         return
-    rows = [(f"builtin:{m.name}", m.origin, str(m.card.get("task", "?")), str(m.card.get("method", "?")),
-             _accuracy_text(m.card), m.status) for m in models]
+    rows = [
+        (
+            f"builtin:{m.name}",
+            m.origin,
+            str(m.card.get("task", "?")),
+            str(m.card.get("method", "?")),
+            _accuracy_text(m.card),
+            m.status,
+        )
+        for m in models
+    ]
     header = ("model", "origin", "task", "method", "test acc", "status")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:

@@ -1,15 +1,17 @@
 """Frozen, validated settings. Every field is checked when the object is built; unknown keys are errors."""
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from latentcot.validation import from_mapping, is_number, require, require_choice
 from latentcot.looping import LoopConfig
+from latentcot.validation import from_mapping, is_number, require, require_choice
 
 GATES = ("token", "latent", "entropy", "fixed")
 UNITS = ("nats", "bits", "normalized")
@@ -17,77 +19,105 @@ LATENT_MODES = ("hidden", "hidden-normed", "soft", "topk-soft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("hf", "vllm")
 
+
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str                       # HF hub id, local save_pretrained dir, or builtin:NAME
-    tokenizer: str | None = None     # defaults to the model's own
-    dtype: str = "auto"              # auto = the checkpoint's dtype (fp32 on CPU for half checkpoints)
-    device: str = "auto"             # auto = cuda when available, else cpu
+    model: str  # HF hub id, local save_pretrained dir, or builtin:NAME
+    tokenizer: str | None = None  # defaults to the model's own
+    dtype: str = "auto"  # auto = the checkpoint's dtype (fp32 on CPU for half checkpoints)
+    device: str = "auto"  # auto = cuda when available, else cpu
     trust_remote_code: bool = False  # run code shipped with a checkpoint only when asked to
-    revision: str | None = None      # hub revision (branch, tag or commit)
+    revision: str | None = None  # hub revision (branch, tag or commit)
     repeat_layers: tuple[int, int, int] | None = None  # experimental: (start, end, r), layers [start, end) r times
 
     def __post_init__(self):
         require(bool(self.model.strip()), "model must not be empty")
         if self.repeat_layers is not None:
-            require(len(self.repeat_layers) == 3 and all(isinstance(i, int) for i in self.repeat_layers)
-                   and self.repeat_layers[2] >= 1, f"repeat_layers must be (start, end, repeats >= 1), "
-                   f"got {self.repeat_layers!r}")
+            require(
+                len(self.repeat_layers) == 3
+                and all(isinstance(i, int) for i in self.repeat_layers)
+                and self.repeat_layers[2] >= 1,
+                f"repeat_layers must be (start, end, repeats >= 1), got {self.repeat_layers!r}",
+            )
             object.__setattr__(self, "repeat_layers", tuple(self.repeat_layers))
         require_choice(self.dtype, DTYPES, "dtype")
-        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-               f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N",
+        )
 
 
 @dataclass(frozen=True)
 class BackendConfig:
     """Which engine decodes, and the vLLM engine's own settings (they never change a record's setting)."""
 
-    name: str = "hf"                              # hf (in-process transformers engine) | vllm
-    tensor_parallel_size: int = 1                 # vllm: GPUs the model is split over
-    max_model_len: int | None = None              # vllm: context length (default: the model's)
-    gpu_memory_utilization: float | None = None   # vllm: fraction of accelerator memory it may take
-    kv_cache_gib: float | None = None             # vllm: KV-cache size in GiB (overrides the fraction)
-    enforce_eager: bool = False                   # vllm: no graph capture or compilation (fast start)
+    name: str = "hf"  # hf (in-process transformers engine) | vllm
+    tensor_parallel_size: int = 1  # vllm: GPUs the model is split over
+    max_model_len: int | None = None  # vllm: context length (default: the model's)
+    gpu_memory_utilization: float | None = None  # vllm: fraction of accelerator memory it may take
+    kv_cache_gib: float | None = None  # vllm: KV-cache size in GiB (overrides the fraction)
+    enforce_eager: bool = False  # vllm: no graph capture or compilation (fast start)
 
     def __post_init__(self):
         require_choice(self.name, BACKENDS, "backend")
-        require(isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1,
-               f"tensor parallel size must be an integer >= 1, got {self.tensor_parallel_size!r}")
-        require(self.max_model_len is None or (isinstance(self.max_model_len, int) and self.max_model_len >= 1),
-               f"max model length must be an integer >= 1, got {self.max_model_len!r}")
-        require(self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
-               f"gpu memory utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
-        require(self.kv_cache_gib is None or (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0),
-               f"kv cache size must be > 0 GiB, got {self.kv_cache_gib!r}")
+        require(
+            isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1,
+            f"tensor parallel size must be an integer >= 1, got {self.tensor_parallel_size!r}",
+        )
+        require(
+            self.max_model_len is None or (isinstance(self.max_model_len, int) and self.max_model_len >= 1),
+            f"max model length must be an integer >= 1, got {self.max_model_len!r}",
+        )
+        require(
+            self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+            f"gpu memory utilization must be in (0, 1], got {self.gpu_memory_utilization!r}",
+        )
+        require(
+            self.kv_cache_gib is None or (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0),
+            f"kv cache size must be > 0 GiB, got {self.kv_cache_gib!r}",
+        )
         if self.name != "vllm":
-            given = [name for name, default in (("tensor_parallel_size", 1), ("max_model_len", None),
-                                                ("gpu_memory_utilization", None), ("kv_cache_gib", None),
-                                                ("enforce_eager", False)) if getattr(self, name) != default]
+            given = [
+                name
+                for name, default in (
+                    ("tensor_parallel_size", 1),
+                    ("max_model_len", None),
+                    ("gpu_memory_utilization", None),
+                    ("kv_cache_gib", None),
+                    ("enforce_eager", False),
+                )
+                if getattr(self, name) != default
+            ]
             require(not given, f"--{given[0].replace('_', '-') if given else ''} only applies to --backend vllm")
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    max_new_tokens: int = 128       # generated positions per row: tokens, latents and markers alike
-    temperature: float = 0.0        # 0 = greedy (argmax); > 0 = sample from softmax(logits / T)
-    top_p: float = 1.0              # nucleus sampling mass (1 = off)
-    top_k: int = 0                  # keep the k most likely tokens (0 = off)
-    stop: tuple[str, ...] = ()      # a row finishes once its token text contains one of these
+    max_new_tokens: int = 128  # generated positions per row: tokens, latents and markers alike
+    temperature: float = 0.0  # 0 = greedy (argmax); > 0 = sample from softmax(logits / T)
+    top_p: float = 1.0  # nucleus sampling mass (1 = off)
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    stop: tuple[str, ...] = ()  # a row finishes once its token text contains one of these
     markers: tuple[str, str] | None = None  # (begin, end) thought tokens fed around latent segments
-    ignore_eos: bool = False        # keep generating past EOS (fixed-length benchmarks)
+    ignore_eos: bool = False  # keep generating past EOS (fixed-length benchmarks)
     loop: LoopConfig | None = None  # looped models: loops per token and adaptive exit (None = as trained)
 
     def __post_init__(self):
-        require(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
-               f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        require(math.isfinite(self.temperature) and self.temperature >= 0,
-               f"temperature must be >= 0, got {self.temperature!r}")
+        require(
+            isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+            f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}",
+        )
+        require(
+            math.isfinite(self.temperature) and self.temperature >= 0,
+            f"temperature must be >= 0, got {self.temperature!r}",
+        )
         require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
         require(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be >= 0, got {self.top_k!r}")
         require(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
-        require(self.markers is None or (len(self.markers) == 2 and all(self.markers)),
-               "markers must be two non-empty token strings (begin, end)")
+        require(
+            self.markers is None or (len(self.markers) == 2 and all(self.markers)),
+            "markers must be two non-empty token strings (begin, end)",
+        )
         object.__setattr__(self, "stop", tuple(self.stop))
         if isinstance(self.loop, Mapping):
             object.__setattr__(self, "loop", from_mapping(LoopConfig, self.loop))
@@ -102,12 +132,12 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    kind: str = "token"                 # token | latent | entropy | fixed
-    threshold: float | None = None      # entropy gate: latent when H > threshold (in `unit`)
-    unit: str = "nats"                  # nats | bits | normalized (H / log V)
+    kind: str = "token"  # token | latent | entropy | fixed
+    threshold: float | None = None  # entropy gate: latent when H > threshold (in `unit`)
+    unit: str = "nats"  # nats | bits | normalized (H / log V)
     max_consecutive: int | None = None  # entropy gate: at most this many latent steps in a row
-    max_latent: int | None = None       # entropy gate: at most this many latent steps per row
-    k: int | None = None                # fixed gate: the first k steps are latent
+    max_latent: int | None = None  # entropy gate: at most this many latent steps per row
+    k: int | None = None  # fixed gate: the first k steps are latent
     # entropy gate with a threshold per domain: ((domain, τ), ...), "*" = any other domain.
     # A record's `threshold` is then the τ of its example's domain (see `for_domain`).
     threshold_map: tuple[tuple[str, float], ...] | None = None
@@ -123,10 +153,14 @@ class GateConfig:
                 require(_is_threshold(tau), f"threshold for domain {domain!r} must be a number >= 0, got {tau!r}")
             object.__setattr__(self, "threshold_map", tuple(sorted((str(d), float(t)) for d, t in pairs.items())))
         if self.kind == "entropy":
-            require(self.threshold is not None or self.threshold_map is not None,
-                   "the entropy gate needs a threshold (or a threshold map)")
-            require(self.threshold is None or _is_threshold(self.threshold),
-                   f"threshold must be a number >= 0, got {self.threshold!r}")
+            require(
+                self.threshold is not None or self.threshold_map is not None,
+                "the entropy gate needs a threshold (or a threshold map)",
+            )
+            require(
+                self.threshold is None or _is_threshold(self.threshold),
+                f"threshold must be a number >= 0, got {self.threshold!r}",
+            )
         else:
             require(self.threshold is None, f"threshold only applies to the entropy gate, not {self.kind!r}")
         for name in ("max_consecutive", "max_latent"):
@@ -138,13 +172,15 @@ class GateConfig:
         else:
             require(self.k is None, f"k only applies to the fixed gate, not {self.kind!r}")
 
-    def for_domain(self, domain: str) -> "GateConfig":
+    def for_domain(self, domain: str) -> GateConfig:
         """This gate with a threshold map resolved to the threshold of ``domain``."""
         if self.threshold_map is None:
             return self
         taus = dict(self.threshold_map)
-        require(domain in taus or "*" in taus, f"the threshold map has no entry for domain {domain!r} "
-               f"(it has {', '.join(taus)}; add it or a \"*\" default)")
+        require(
+            domain in taus or "*" in taus,
+            f'the threshold map has no entry for domain {domain!r} (it has {", ".join(taus)}; add it or a "*" default)',
+        )
         return dataclasses.replace(self, threshold=taus.get(domain, taus.get("*")))
 
 
@@ -154,25 +190,36 @@ def _is_threshold(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class LatentConfig:
-    kind: str = "hidden"         # hidden | hidden-normed | soft | topk-soft
-    temperature: float = 1.0     # soft modes: weights are softmax(logits / temperature)
-    top_k: int = 8               # topk-soft: mix only the k most likely token embeddings
+    kind: str = "hidden"  # hidden | hidden-normed | soft | topk-soft
+    temperature: float = 1.0  # soft modes: weights are softmax(logits / temperature)
+    top_k: int = 8  # topk-soft: mix only the k most likely token embeddings
 
     def __post_init__(self):
         require_choice(self.kind, LATENT_MODES, "latent mode")
-        require(math.isfinite(self.temperature) and self.temperature > 0,
-               f"latent temperature must be > 0, got {self.temperature!r}")
+        require(
+            math.isfinite(self.temperature) and self.temperature > 0,
+            f"latent temperature must be > 0, got {self.temperature!r}",
+        )
         require(isinstance(self.top_k, int) and self.top_k >= 1, f"latent top_k must be >= 1, got {self.top_k!r}")
 
 
 def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> dict[str, Any]:
     """The ``setting`` object of a record: everything that changes how a row is decoded."""
     return {
-        "gate": gate.kind, "threshold": gate.threshold, "unit": gate.unit, "k": gate.k,
-        "max_consecutive": gate.max_consecutive, "max_latent": gate.max_latent,
-        "latent": latent.kind, "latent_temperature": latent.temperature, "latent_top_k": latent.top_k,
-        "temperature": decode.temperature, "top_p": decode.top_p, "top_k": decode.top_k,
-        "max_new_tokens": decode.max_new_tokens, "stop": list(decode.stop),
+        "gate": gate.kind,
+        "threshold": gate.threshold,
+        "unit": gate.unit,
+        "k": gate.k,
+        "max_consecutive": gate.max_consecutive,
+        "max_latent": gate.max_latent,
+        "latent": latent.kind,
+        "latent_temperature": latent.temperature,
+        "latent_top_k": latent.top_k,
+        "temperature": decode.temperature,
+        "top_p": decode.top_p,
+        "top_k": decode.top_k,
+        "max_new_tokens": decode.max_new_tokens,
+        "stop": list(decode.stop),
         "markers": list(decode.markers) if decode.markers else None,
         "threshold_map": dict(gate.threshold_map) if gate.threshold_map else None,
         **({"loop": decode.loop.as_dict()} if decode.loop is not None else {}),  # absent = as before

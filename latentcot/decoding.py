@@ -45,7 +45,13 @@ def stop_hit(tokenizer, stop: tuple[str, ...], recent: list[int], token: int) ->
 
 def eos_token_ids(tokenizer, generation_eos: Any) -> list[int]:
     """Sorted ids that end a row: the tokenizer's EOS and the generation config's (an id or a list)."""
-    extra = [] if generation_eos is None else generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos]
+    extra = (
+        []
+        if generation_eos is None
+        else generation_eos
+        if isinstance(generation_eos, (list, tuple))
+        else [generation_eos]
+    )
     return sorted({tokenizer.eos_token_id, *extra} - {None})
 
 
@@ -58,17 +64,21 @@ def context_length(config) -> int | None:
     return None
 
 
-def check_room(length: int, max_new_tokens: int, context: int | None, what: str = "model's",
-               where: str | None = None) -> None:
+def check_room(
+    length: int, max_new_tokens: int, context: int | None, what: str = "model's", where: str | None = None
+) -> None:
     """Refuse a prompt of ``length`` tokens that leaves no room for ``max_new_tokens`` in ``context``."""
     if context is not None and length + max_new_tokens > context:
         raise InputError(
-            f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the {what} context of {context} positions",
+            f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the {what} context "
+            f"of {context} positions",
             where=where,
         )
 
 
-def check_prompts_room(tokenizer, prompts, max_new_tokens: int, names, context: int | None, what: str = "model's") -> None:
+def check_prompts_room(
+    tokenizer, prompts, max_new_tokens: int, names, context: int | None, what: str = "model's"
+) -> None:
     """Raise InputError naming the first prompt that leaves no room for ``max_new_tokens``."""
     if context is None:
         return

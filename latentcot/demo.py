@@ -5,15 +5,16 @@ latent mode that suits the model — ``soft`` for a model that never saw latents
 latent (and thought markers) for a COCONUT model, plus the decoding it was trained for (the
 ``fixed`` gate) — with counterfactual measurements, so the report has every analysis to show.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.errors import InputError
-from latentcot.validation import is_int, require
 from latentcot.experiment import Plan, Setting
 from latentcot.grid import sweep_settings
+from latentcot.validation import is_int, require
 from latentcot.zoo.registry import ZooModel
 
 # Trained small models are confident: most steps have H < 0.5 nats, so the grid is geometric.
@@ -22,16 +23,18 @@ DEFAULT_THRESHOLDS = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    limit: int = 100                    # test examples per model
+    limit: int = 100  # test examples per model
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    max_new_tokens: int = 160           # room for a char-level chain of thought, markers and latents
+    max_new_tokens: int = 160  # room for a char-level chain of thought, markers and latents
     batch_size: int = 50
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self):
-        require(all(is_int(n) and n >= 1 for n in (self.limit, self.batch_size, self.max_new_tokens)),
-                "demo limit, batch size and max new tokens must be integers >= 1")
+        require(
+            all(is_int(n) and n >= 1 for n in (self.limit, self.batch_size, self.max_new_tokens)),
+            "demo limit, batch size and max new tokens must be integers >= 1",
+        )
 
 
 def demo_models(models: list[ZooModel]) -> list[ZooModel]:
@@ -50,7 +53,13 @@ def demo_plan(model: ZooModel, cfg: DemoConfig) -> Plan:
     settings = list(sweep_settings(cfg.thresholds, [latent], decode))
     if trained.get("gate") == "fixed":  # how a COCONUT model was trained to think
         settings.append(Setting(GateConfig("fixed", k=int(trained["k"])), latent, decode))
-    return Plan(model=ModelConfig(f"builtin:{model.name}", device=cfg.device), tasks=(model.card["task"],),
-                settings=tuple(settings), split="test", limit=cfg.limit, batch_size=cfg.batch_size,
-                seed=cfg.seed, measure=("counterfactual",))
-
+    return Plan(
+        model=ModelConfig(f"builtin:{model.name}", device=cfg.device),
+        tasks=(model.card["task"],),
+        settings=tuple(settings),
+        split="test",
+        limit=cfg.limit,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        measure=("counterfactual",),
+    )

@@ -5,21 +5,30 @@ At every step and for every row the gate picks the next input: the embedding of 
 ``where(is_latent, latent, embed(token))`` so rows of one batch can take different modes in the
 same forward. The engine never touches files.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
 
 from latentcot.config import DecodeConfig
+from latentcot.decoding import (
+    check_prompts_room,
+    check_room,
+    context_length,
+    eos_token_ids,
+    render_completion,
+    stop_hit,
+)
 from latentcot.errors import InputError
 from latentcot.gates import Gate
 from latentcot.kvcache import preallocated_cache
 from latentcot.latent import LatentMode
-from latentcot.decoding import check_prompts_room, check_room, context_length, eos_token_ids, render_completion, stop_hit
 from latentcot.measure import make_observers
 from latentcot.sampling import choose_tokens, distribution_stats, make_generators, row_seed
 from latentcot.types import LATENT, MARKER, TOKEN, DecodedStep, EmbeddingTable, StepView, Trace
@@ -33,14 +42,14 @@ FINISH = ("length", "eos", "stop")
 class _Steps:
     """Per-step tensors for the whole batch, kept on the device until the loop ends."""
 
-    latent: list[torch.Tensor] = field(default_factory=list)    # each (B,) bool
-    marker: list[torch.Tensor] = field(default_factory=list)    # each (B,) bool
+    latent: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool
+    marker: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool
     token_id: list[torch.Tensor] = field(default_factory=list)  # each (B,) long
-    entropy: list[torch.Tensor] = field(default_factory=list)   # each (B,) fp32
-    p_token: list[torch.Tensor] = field(default_factory=list)   # each (B,) fp32
-    p_max: list[torch.Tensor] = field(default_factory=list)     # each (B,) fp32
-    active: list[torch.Tensor] = field(default_factory=list)    # each (B,) bool: row generating at this step
-    loops: list[torch.Tensor] = field(default_factory=list)     # each (B,) long: looped models' iterations
+    entropy: list[torch.Tensor] = field(default_factory=list)  # each (B,) fp32
+    p_token: list[torch.Tensor] = field(default_factory=list)  # each (B,) fp32
+    p_max: list[torch.Tensor] = field(default_factory=list)  # each (B,) fp32
+    active: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool: row generating at this step
+    loops: list[torch.Tensor] = field(default_factory=list)  # each (B,) long: looped models' iterations
 
     def record(self, is_latent, is_marker, token_id, entropy, probs, argmax, active, loops) -> None:
         self.latent.append(is_latent)
@@ -57,23 +66,25 @@ class _Steps:
         """(T, B) per field -> per row python lists, one device sync for everything."""
         mode = torch.stack(self.latent, dim=1).long() + 2 * torch.stack(self.marker, dim=1).long()  # MODES index
         names = ("token_id", "entropy", "p_token", "p_max", "active") + (("loops",) if self.loops else ())
-        return {"mode": mode.cpu().tolist(), **{name: torch.stack(getattr(self, name), dim=1).cpu().tolist()
-                                                for name in names}}
+        return {
+            "mode": mode.cpu().tolist(),
+            **{name: torch.stack(getattr(self, name), dim=1).cpu().tolist() for name in names},
+        }
 
 
 @dataclass
 class _Rows:
     """Per-row decoding state of one ``generate`` call; every tensor is (B,)."""
 
-    n_latent: torch.Tensor     # long, latent steps taken
-    latent_run: torch.Tensor   # long, current run of consecutive latent steps
-    active: torch.Tensor       # bool, still generating
-    finish: torch.Tensor       # long, index into FINISH
+    n_latent: torch.Tensor  # long, latent steps taken
+    latent_run: torch.Tensor  # long, current run of consecutive latent steps
+    active: torch.Tensor  # bool, still generating
+    finish: torch.Tensor  # long, index into FINISH
     after_begin: torch.Tensor  # bool, the last input was the begin marker
-    after_end: torch.Tensor    # bool, the last input was the end marker
+    after_end: torch.Tensor  # bool, the last input was the end marker
 
     @classmethod
-    def start(cls, batch: int, device) -> "_Rows":
+    def start(cls, batch: int, device) -> _Rows:
         zeros = torch.zeros(batch, dtype=torch.long, device=device)
         false = torch.zeros(batch, dtype=torch.bool, device=device)
         return cls(zeros, zeros.clone(), ~false, zeros.clone(), false, false.clone())
@@ -106,8 +117,8 @@ class _Rows:
 class Forward(NamedTuple):
     """What one forward gives the loop, at the last position of every row."""
 
-    logits: torch.Tensor        # (B, V) fp32
-    hidden: torch.Tensor        # (B, D) final post-norm hidden state: the LM head's input
+    logits: torch.Tensor  # (B, V) fp32
+    hidden: torch.Tensor  # (B, D) final post-norm hidden state: the LM head's input
     loops: torch.Tensor | None  # (B,) long, iterations a looped model applied; None for other models
 
 
@@ -120,7 +131,7 @@ class _CachedForward:
         self.model, self.cache, self.options = model, cache, options  # options: e.g. looping=LoopConfig
         self._head_input: torch.Tensor | None = None
 
-    def __enter__(self) -> "_CachedForward":
+    def __enter__(self) -> _CachedForward:
         self._hook = self.model.get_output_embeddings().register_forward_pre_hook(self._keep_head_input)
         return self
 
@@ -131,8 +142,15 @@ class _CachedForward:
         self._head_input = args[0]
 
     def __call__(self, mask: torch.Tensor, positions: torch.Tensor, **inputs) -> Forward:
-        out = self.model(**inputs, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=1, **self.options)
+        out = self.model(
+            **inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **self.options,
+        )
         loops = getattr(out, "loops", None)
         return Forward(out.logits[:, -1].float(), self._head_input[:, -1], loops[:, -1] if loops is not None else None)
 
@@ -179,8 +197,15 @@ class Engine:
         return ids[0], ids[1]
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], gate: Gate, latent: LatentMode, cfg: DecodeConfig,
-                 seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        gate: Gate,
+        latent: LatentMode,
+        cfg: DecodeConfig,
+        seed: int | Sequence[int] = 0,
+        measure: Sequence[str] = (),
+    ) -> list[Trace]:
         """One Trace per prompt. ``seed``: one run seed (rows get derived seeds) or one seed per row.
         ``measure``: names of step observers adding per-step arrays (see latentcot.measure)."""
         self.check_loop(cfg)
@@ -219,8 +244,16 @@ class Engine:
                 x = self.embed(fed)  # (B, D)
                 if bool(is_latent.any()):
                     x = torch.where(is_latent[:, None], latent_vector(), x)
-                steps.record(is_latent, is_marker, torch.where(is_latent, argmax, fed), entropy, probs, argmax,
-                             rows.active, out.loops)  # argmax stands for a latent step's token
+                steps.record(
+                    is_latent,
+                    is_marker,
+                    torch.where(is_latent, argmax, fed),
+                    entropy,
+                    probs,
+                    argmax,
+                    rows.active,
+                    out.loops,
+                )  # argmax stands for a latent step's token
 
                 rows.advance(is_latent)
                 if not cfg.ignore_eos:
@@ -242,8 +275,14 @@ class Engine:
             per_row.update(observer.finish(is_latent_rows, lambda i: self.tokenizer.decode([i])))
         return self._traces(prompts, per_row, rows.finish.tolist())
 
-    def _stop_hits(self, stop: tuple[str, ...], fed: torch.Tensor, is_token: torch.Tensor,
-                   active: torch.Tensor, recent_tokens: list[list[int]]) -> torch.Tensor:
+    def _stop_hits(
+        self,
+        stop: tuple[str, ...],
+        fed: torch.Tensor,
+        is_token: torch.Tensor,
+        active: torch.Tensor,
+        recent_tokens: list[list[int]],
+    ) -> torch.Tensor:
         """(B,) rows whose recent token text contains a stop string (a latent step breaks the text)."""
         hits = torch.zeros_like(active)
         for row, (token, took_token, alive) in enumerate(zip(fed.tolist(), is_token.tolist(), active.tolist())):
@@ -262,15 +301,17 @@ class Engine:
             kept = {name: [steps[name][row][t] for t in keep] for name in steps if name != "active"}
             modes = [MODES[m] for m in kept["mode"]]
             reason = FINISH[finish[row]]
-            traces.append(Trace(
-                prompt=prompt,
-                completion=render_completion(self.tokenizer, modes, kept["token_id"], drop_last=reason == "eos"),
-                finish_reason=reason,
-                mode=modes,
-                token_id=kept["token_id"],
-                entropy=kept["entropy"],
-                p_token=kept["p_token"],
-                p_max=kept["p_max"],
-                extra={name: kept[name] for name in kept if name not in CORE_FIELDS},
-            ))
+            traces.append(
+                Trace(
+                    prompt=prompt,
+                    completion=render_completion(self.tokenizer, modes, kept["token_id"], drop_last=reason == "eos"),
+                    finish_reason=reason,
+                    mode=modes,
+                    token_id=kept["token_id"],
+                    entropy=kept["entropy"],
+                    p_token=kept["p_token"],
+                    p_max=kept["p_max"],
+                    extra={name: kept[name] for name in kept if name not in CORE_FIELDS},
+                )
+            )
         return traces

@@ -3,6 +3,7 @@
 ``execute`` validates everything (tasks, examples, model) before the run directory is created,
 so bad input leaves nothing behind; ``run_examples`` is the resumable inner loop.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,14 +12,14 @@ import json
 import platform
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from latentcot.backends import Backend, check_available, load_backend, unsupported
-from latentcot.config import (BackendConfig, DecodeConfig, GateConfig, LatentConfig, ModelConfig, setting_id,
-                              setting_of)
+from latentcot.config import BackendConfig, DecodeConfig, GateConfig, LatentConfig, ModelConfig, setting_id, setting_of
 from latentcot.errors import InputError
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
@@ -27,7 +28,6 @@ from latentcot.sampling import row_seed
 from latentcot.store import RunStore, read_samples
 from latentcot.tasks.base import SPLITS
 from latentcot.types import Example, SampleRecord, Trace
-
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,21 @@ class Setting:
 def make_record(task, example: Example, setting: Setting, trace: Trace) -> SampleRecord:
     extraction = task.extract(trace.completion)
     return SampleRecord(
-        setting=setting.as_dict(), setting_id=setting.id, task=task.name, task_spec=task.spec,
-        domain=example.domain or task.domain, example_id=example.id, prompt=trace.prompt,
-        completion=trace.completion, answer=example.answer, prediction=extraction.prediction,
-        correct=bool(task.score(example, extraction.prediction)), n_steps=trace.n_steps,
-        n_latent=trace.n_latent, steps=trace.steps(), extraction=extraction.strategy,
+        setting=setting.as_dict(),
+        setting_id=setting.id,
+        task=task.name,
+        task_spec=task.spec,
+        domain=example.domain or task.domain,
+        example_id=example.id,
+        prompt=trace.prompt,
+        completion=trace.completion,
+        answer=example.answer,
+        prediction=extraction.prediction,
+        correct=bool(task.score(example, extraction.prediction)),
+        n_steps=trace.n_steps,
+        n_latent=trace.n_latent,
+        steps=trace.steps(),
+        extraction=extraction.strategy,
         finish_reason=trace.finish_reason,
     )
 
@@ -91,13 +101,24 @@ def _by_domain(setting: Setting, task, examples: Sequence[Example]) -> list[tupl
     groups: dict[str, list[Example]] = {}
     for example in examples:
         groups.setdefault(example.domain or task.domain, []).append(example)
-    return [(dataclasses.replace(setting, gate=setting.gate.for_domain(domain)), group)
-            for domain, group in groups.items()]
+    return [
+        (dataclasses.replace(setting, gate=setting.gate.for_domain(domain)), group) for domain, group in groups.items()
+    ]
 
 
-def run_examples(engine: Backend, task, examples: Sequence[Example], settings: Sequence[Setting],
-                 store: RunStore, done: set[tuple[str, str, str]], *, batch_size: int, seed: int,
-                 measure: Sequence[str] = (), progress: Progress | None = None) -> int:
+def run_examples(
+    engine: Backend,
+    task,
+    examples: Sequence[Example],
+    settings: Sequence[Setting],
+    store: RunStore,
+    done: set[tuple[str, str, str]],
+    *,
+    batch_size: int,
+    seed: int,
+    measure: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> int:
     """Decode every (example, setting) whose key is not in ``done`` (``store.done_keys()``, read once
     per run); returns how many records were added.
 
@@ -113,9 +134,15 @@ def run_examples(engine: Backend, task, examples: Sequence[Example], settings: S
         for resolved, group in _by_domain(setting, task, todo):
             gate = make_gate(resolved.gate)
             for start in range(0, len(group), batch_size):
-                batch = group[start:start + batch_size]
-                traces = engine.generate([task.prompt(e) for e in batch], gate, latent, decode,
-                                         seed=[row_seed(seed, e.id) for e in batch], measure=measure)
+                batch = group[start : start + batch_size]
+                traces = engine.generate(
+                    [task.prompt(e) for e in batch],
+                    gate,
+                    latent,
+                    decode,
+                    seed=[row_seed(seed, e.id) for e in batch],
+                    measure=measure,
+                )
                 for example, trace in zip(batch, traces):
                     store.append(make_record(task, example, resolved, trace).to_dict())
                 added += len(batch)
@@ -131,14 +158,14 @@ class Plan:
     """Everything that determines a run's records (the manifest's ``config``)."""
 
     model: ModelConfig
-    tasks: tuple[str, ...]            # task specs: registered names (with parameters) or files
+    tasks: tuple[str, ...]  # task specs: registered names (with parameters) or files
     settings: tuple[Setting, ...]
     split: str = "test"
-    limit: int | None = None          # examples per task
+    limit: int | None = None  # examples per task
     batch_size: int = 16
     seed: int = 0
     prompt_file: str | None = None
-    measure: tuple[str, ...] = ()      # extra per-step measurements (see MEASUREMENTS)
+    measure: tuple[str, ...] = ()  # extra per-step measurements (see MEASUREMENTS)
     backend: BackendConfig = BackendConfig()  # which engine decodes (records do not depend on it)
 
     def __post_init__(self):
@@ -167,8 +194,9 @@ class Plan:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -179,14 +207,26 @@ def _versions() -> dict[str, str]:
     import transformers
 
     import latentcot
-    return {"latentcot": latentcot.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+
+    return {
+        "latentcot": latentcot.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def manifest(plan: Plan, model_identity: dict, argv: Sequence[str]) -> dict[str, Any]:
-    return {"command": list(argv), "config": plan.as_dict(), "seed": plan.seed, "model": model_identity,
-            "device": model_identity.get("device"), "versions": _versions(), "git_commit": _git_commit(),
-            "host": platform.node()}
+    return {
+        "command": list(argv),
+        "config": plan.as_dict(),
+        "seed": plan.seed,
+        "model": model_identity,
+        "device": model_identity.get("device"),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "host": platform.node(),
+    }
 
 
 def default_run_dir(plan: Plan, root: Path = Path("runs")) -> Path:
@@ -212,17 +252,26 @@ def summarize(records: Sequence[dict]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["task_spec"], r["setting_id"]), []).append(r)
-    return [{"task": task, "setting": sid, "n": len(rs),
-             "accuracy": sum(r["correct"] for r in rs) / len(rs),
-             "latent_fraction": sum(r["n_latent"] for r in rs) / max(1, sum(r["n_steps"] for r in rs)),
-             "mean_steps": sum(r["n_steps"] for r in rs) / len(rs)}
-            for (task, sid), rs in groups.items()]
+    return [
+        {
+            "task": task,
+            "setting": sid,
+            "n": len(rs),
+            "accuracy": sum(r["correct"] for r in rs) / len(rs),
+            "latent_fraction": sum(r["n_latent"] for r in rs) / max(1, sum(r["n_steps"] for r in rs)),
+            "mean_steps": sum(r["n_steps"] for r in rs) / len(rs),
+        }
+        for (task, sid), rs in groups.items()
+    ]
 
 
 def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     head = f"{'task':<36} {'setting':<32} {'n':>5} {'accuracy':>9} {'latent':>7} {'steps':>7}"
-    lines = [head] + [f"{r['task'][-36:]:<36} {r['setting'][:32]:<32} {r['n']:>5} {r['accuracy']:>9.3f} "
-                      f"{r['latent_fraction']:>7.3f} {r['mean_steps']:>7.1f}" for r in rows]
+    lines = [head] + [
+        f"{r['task'][-36:]:<36} {r['setting'][:32]:<32} {r['n']:>5} {r['accuracy']:>9.3f} "
+        f"{r['latent_fraction']:>7.3f} {r['mean_steps']:>7.1f}"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -252,8 +301,9 @@ def with_model_prompt(plan: Plan) -> Plan:
     return dataclasses.replace(plan, prompt_file=str(shipped)) if is_local and shipped.is_file() else plan
 
 
-def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequence[str] = (),
-            echo: Callable[[str], None] = print) -> Path:
+def execute(
+    plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequence[str] = (), echo: Callable[[str], None] = print
+) -> Path:
     """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory."""
     plan = with_model_prompt(plan)
     tasks = load_examples(plan)
@@ -270,8 +320,18 @@ def execute(plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequenc
         progress = Progress(sum(len(ids) for *_, ids in groups), len(done), len(groups), complete)
         try:
             for task, examples in tasks:
-                run_examples(engine, task, examples, plan.settings, store, done, batch_size=plan.batch_size,
-                             seed=plan.seed, measure=plan.measure, progress=progress)
+                run_examples(
+                    engine,
+                    task,
+                    examples,
+                    plan.settings,
+                    store,
+                    done,
+                    batch_size=plan.batch_size,
+                    seed=plan.seed,
+                    measure=plan.measure,
+                    progress=progress,
+                )
         finally:
             progress.close()
     echo(format_summary(summarize(read_samples(out))))

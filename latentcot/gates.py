@@ -4,6 +4,7 @@ A gate is a one-method callable ``gate(view) -> BoolTensor (B,)``. Gates hold no
 calls: the per-row counters they need (latent steps so far, current latent run) come in the
 ``StepView``, kept by the engine.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,9 @@ class EntropyGate:
     good once a row has taken ``max_latent`` latent steps.
     """
 
-    def __init__(self, threshold: float, unit: str = "nats",
-                 max_consecutive: int | None = None, max_latent: int | None = None):
+    def __init__(
+        self, threshold: float, unit: str = "nats", max_consecutive: int | None = None, max_latent: int | None = None
+    ):
         self.threshold = threshold
         self.unit = unit
         self.max_consecutive = max_consecutive

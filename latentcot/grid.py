@@ -1,11 +1,12 @@
 """The settings of a threshold sweep: τ grids, per-domain threshold maps, and the two baselines."""
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig
 from latentcot.errors import InputError
@@ -64,9 +65,16 @@ def read_threshold_map(path: str | Path) -> dict[str, float]:
     return {str(d): float(t) for d, t in data.items()}
 
 
-def sweep_settings(thresholds: Sequence[float], latents: Sequence[LatentConfig], decode: DecodeConfig, *,
-                   unit: str = "nats", threshold_map: dict[str, float] | None = None,
-                   max_consecutive: int | None = None, max_latent: int | None = None) -> tuple[Setting, ...]:
+def sweep_settings(
+    thresholds: Sequence[float],
+    latents: Sequence[LatentConfig],
+    decode: DecodeConfig,
+    *,
+    unit: str = "nats",
+    threshold_map: dict[str, float] | None = None,
+    max_consecutive: int | None = None,
+    max_latent: int | None = None,
+) -> tuple[Setting, ...]:
     """The token baseline, then per latent mode: the latent-only baseline, each threshold, and the
     per-domain map if given. With one latent mode and K thresholds that is K + 2 settings."""
     if not thresholds and threshold_map is None:

@@ -5,6 +5,7 @@ O(T^2) per sequence). The engine knows the final length up front (prompt + max_n
 each full-attention layer allocates its buffers once and hands attention a view of the filled
 part. Sliding-window and other special layers keep their own implementation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ class PreallocatedLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        self._key_buffer = self._allocate(key_states, self.capacity)      # (B, H, capacity, Dh)
+        self._key_buffer = self._allocate(key_states, self.capacity)  # (B, H, capacity, Dh)
         self._value_buffer = self._allocate(value_states, self.capacity)
         self._expose()
         self.is_initialized = True
@@ -45,8 +46,8 @@ class PreallocatedLayer(DynamicLayer):
                 grown = self._allocate(getattr(self, name), self.capacity)
                 grown[..., : self.length, :] = getattr(self, name)[..., : self.length, :]
                 setattr(self, name, grown)
-        self._key_buffer[..., self.length:end, :] = key_states
-        self._value_buffer[..., self.length:end, :] = value_states
+        self._key_buffer[..., self.length : end, :] = key_states
+        self._value_buffer[..., self.length : end, :] = value_states
         self.length = end
         self._expose()
         return self.keys, self.values
@@ -70,6 +71,5 @@ class PreallocatedLayer(DynamicLayer):
 def preallocated_cache(config, capacity: int) -> DynamicCache:
     """A DynamicCache for ``config`` whose full-attention layers hold ``capacity`` positions in place."""
     cache = DynamicCache(config=config)
-    cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer
-                    for layer in cache.layers]
+    cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache

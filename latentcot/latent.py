@@ -3,6 +3,7 @@
 A latent mode is a one-method callable ``latent(view, table) -> Tensor (B, D)``, in the dtype of
 the embedding table, computed for the whole batch (the engine picks rows with ``where``).
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -32,7 +33,7 @@ class NormedHiddenLatent:
     """
 
     def __call__(self, view: StepView, table: EmbeddingTable) -> torch.Tensor:
-        hidden = view.hidden.float()                                     # (B, D)
+        hidden = view.hidden.float()  # (B, D)
         scale = table.mean_norm / hidden.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return (hidden * scale).to(table.weight.dtype)
 
@@ -61,10 +62,10 @@ class TopKSoftLatent:
         self.temperature = temperature
 
     def __call__(self, view: StepView, table: EmbeddingTable) -> torch.Tensor:
-        logits = view.logits[:, : table.weight.shape[0]]                # drop padded vocab
+        logits = view.logits[:, : table.weight.shape[0]]  # drop padded vocab
         top_logits, top_ids = logits.topk(min(self.k, logits.shape[-1]), dim=-1)  # (B, k)
-        weights = torch.softmax(top_logits / self.temperature, dim=-1)    # (B, k)
-        rows = table.weight[top_ids]                                     # (B, k, D)
+        weights = torch.softmax(top_logits / self.temperature, dim=-1)  # (B, k)
+        rows = table.weight[top_ids]  # (B, k, D)
         return torch.einsum("bk,bkd->bd", weights.to(rows.dtype), rows)
 
 

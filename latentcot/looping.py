@@ -12,6 +12,7 @@ A comparison is made after every iteration from the second on; a position exits 
 iteration l once ``patience`` comparisons in a row passed and l >= ``min_loops``. Criteria are
 pure functions of the read-out logits, so they are tested on constructed distributions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,39 +28,53 @@ DEFAULT_EPSILON = {"kl": 5e-4, "entropy": 1e-3}
 
 @dataclass(frozen=True)
 class LoopConfig:
-    loops: int | None = None   # iterations of the shared block per token (None = the model's own L);
+    loops: int | None = None  # iterations of the shared block per token (None = the model's own L);
     #                            with an exit rule, the most a position may take
-    exit: str = "none"         # none | kl | entropy | argmax
+    exit: str = "none"  # none | kl | entropy | argmax
     epsilon: float | None = None  # kl / entropy threshold (None = the criterion's default)
-    patience: int = 1          # comparisons in a row that must pass before a position exits
-    min_loops: int = 1         # never exit before this many iterations
+    patience: int = 1  # comparisons in a row that must pass before a position exits
+    min_loops: int = 1  # never exit before this many iterations
 
     def __post_init__(self):
         require(self.exit in EXITS, f"unknown loop exit {self.exit!r}; valid: {', '.join(EXITS)}")
-        require(self.loops is None or (is_int(self.loops) and self.loops >= 1),
-              f"loops must be an integer >= 1, got {self.loops!r}")
-        require(is_int(self.patience) and self.patience >= 1, f"patience must be an integer >= 1, got {self.patience!r}")
-        require(is_int(self.min_loops) and self.min_loops >= 1,
-              f"min_loops must be an integer >= 1, got {self.min_loops!r}")
-        require(self.loops is None or self.min_loops <= self.loops,
-              f"min_loops {self.min_loops} exceeds loops {self.loops}")
+        require(
+            self.loops is None or (is_int(self.loops) and self.loops >= 1),
+            f"loops must be an integer >= 1, got {self.loops!r}",
+        )
+        require(
+            is_int(self.patience) and self.patience >= 1, f"patience must be an integer >= 1, got {self.patience!r}"
+        )
+        require(
+            is_int(self.min_loops) and self.min_loops >= 1, f"min_loops must be an integer >= 1, got {self.min_loops!r}"
+        )
+        require(
+            self.loops is None or self.min_loops <= self.loops, f"min_loops {self.min_loops} exceeds loops {self.loops}"
+        )
         if self.exit in DEFAULT_EPSILON:
             if self.epsilon is None:
                 object.__setattr__(self, "epsilon", DEFAULT_EPSILON[self.exit])
-            require(is_number(self.epsilon) and self.epsilon > 0,
-                  f"exit epsilon must be a number > 0, got {self.epsilon!r}")
+            require(
+                is_number(self.epsilon) and self.epsilon > 0, f"exit epsilon must be a number > 0, got {self.epsilon!r}"
+            )
         else:
             require(self.epsilon is None, f"epsilon only applies to the kl and entropy exits, not {self.exit!r}")
-        require(self.exit != "none" or (self.patience == 1 and self.min_loops == 1),
-              "patience and min_loops only apply with an exit rule")
+        require(
+            self.exit != "none" or (self.patience == 1 and self.min_loops == 1),
+            "patience and min_loops only apply with an exit rule",
+        )
 
     @property
     def adaptive(self) -> bool:
         return self.exit != "none"
 
     def as_dict(self) -> dict:
-        return {"loops": self.loops, "exit": self.exit, "epsilon": self.epsilon, "patience": self.patience,
-                "min_loops": self.min_loops}
+        return {
+            "loops": self.loops,
+            "exit": self.exit,
+            "epsilon": self.epsilon,
+            "patience": self.patience,
+            "min_loops": self.min_loops,
+        }
 
     def tag(self) -> str:
         """Short name for setting ids, e.g. ``loops8``, ``loops12-kl0.0005`` or ``loops-argmax2``."""
@@ -85,7 +100,9 @@ def parse_exit(spec: str, loops: int | None = None) -> LoopConfig:
         for item in rest.split(","):
             key, eq, value = item.partition("=")
             if not eq or key.strip() not in ("epsilon", "patience", "min_loops"):
-                raise InputError(f"bad exit option {item.strip()!r} in {spec!r}; valid keys: epsilon, patience, min_loops")
+                raise InputError(
+                    f"bad exit option {item.strip()!r} in {spec!r}; valid keys: epsilon, patience, min_loops"
+                )
             values[key.strip()] = value.strip()
     try:
         typed = {k: (float(v) if k == "epsilon" else int(v)) for k, v in values.items()}
@@ -115,10 +132,10 @@ class ExitTracker:
 
     def __init__(self, cfg: LoopConfig, max_loops: int, shape: tuple[int, ...], device):
         self.cfg, self.max_loops = cfg, max_loops
-        self.done = torch.zeros(shape, dtype=torch.bool, device=device)      # exited: state frozen
+        self.done = torch.zeros(shape, dtype=torch.bool, device=device)  # exited: state frozen
         self.used = torch.full(shape, max_loops, dtype=torch.long, device=device)  # iterations applied
-        self.streak = torch.zeros(shape, dtype=torch.long, device=device)    # passed comparisons in a row
-        self.prev: torch.Tensor | None = None                                 # (B, T, V) log-probs
+        self.streak = torch.zeros(shape, dtype=torch.long, device=device)  # passed comparisons in a row
+        self.prev: torch.Tensor | None = None  # (B, T, V) log-probs
 
     def observe(self, iteration: int, logits: torch.Tensor) -> torch.Tensor:
         """Feed the read-out logits (B, T, V) after ``iteration`` (1-based); returns the positions
@@ -137,8 +154,9 @@ class ExitTracker:
 
 def loops_used(cfg: LoopConfig, logits_per_iteration: list[torch.Tensor]) -> torch.Tensor:
     """Iterations each position would take given its read-out logits after every iteration, (B, T)."""
-    tracker = ExitTracker(cfg, len(logits_per_iteration), logits_per_iteration[0].shape[:-1],
-                          logits_per_iteration[0].device)
+    tracker = ExitTracker(
+        cfg, len(logits_per_iteration), logits_per_iteration[0].shape[:-1], logits_per_iteration[0].device
+    )
     for iteration, logits in enumerate(logits_per_iteration[:-1], start=1):  # the last one always stops
         tracker.observe(iteration, logits)
     return tracker.used

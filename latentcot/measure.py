@@ -17,8 +17,9 @@ Values are NaN (None in records) at steps where a measurement does not apply.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -92,7 +93,11 @@ class Counterfactual:
         The last step has no next step to compare with: its KL is NaN."""
         self.kl.append(torch.full_like(self.cos[-1], float("nan")))
         out: dict[str, list[list]] = {}
-        for name, values in (("kl_counterfactual", self.kl), ("latent_token_cos", self.cos), ("latent_norm", self.norm)):
+        for name, values in (
+            ("kl_counterfactual", self.kl),
+            ("latent_token_cos", self.cos),
+            ("latent_norm", self.norm),
+        ):
             rows = torch.stack(values, dim=1).cpu().tolist()  # (B, T)
             out[name] = [[None if x != x else x for x in row] for row in rows]
         lens = torch.stack(self.lens, dim=1).cpu().tolist()  # (B, T, LENS_TOP)

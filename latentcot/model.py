@@ -4,6 +4,7 @@ What ``latentcot run``/``sweep`` load goes through here (the zoo's trainer saves
 and the report reads a run's tokenizer). Every failure a user can cause (missing
 directory, not a causal LM, no tokenizer, unknown hub id) becomes one-line ``InputError``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,15 +24,29 @@ from latentcot.zoo import registry as zoo_registry
 
 BUILTIN_PREFIX = "builtin:"
 # Types that AutoModelForCausalLM accepts but whose checkpoints are bidirectional encoders.
-ENCODER_ONLY = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "rembert",
-                          "roc_bert", "megatron-bert", "data2vec-text", "xmod", "bert-generation"})
+ENCODER_ONLY = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+        "electra",
+        "ernie",
+        "rembert",
+        "roc_bert",
+        "megatron-bert",
+        "data2vec-text",
+        "xmod",
+        "bert-generation",
+    }
+)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     model: PreTrainedModel
-    tokenizer: Any               # a PreTrainedTokenizerBase, left padding, pad token set
-    identity: dict[str, Any]     # what the run manifest records about the model
+    tokenizer: Any  # a PreTrainedTokenizerBase, left padding, pad token set
+    identity: dict[str, Any]  # what the run manifest records about the model
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -41,7 +56,7 @@ def _looks_like_path(spec: str) -> bool:
 def resolve_source(spec: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, is it a local directory)."""
     if spec.startswith(BUILTIN_PREFIX):
-        return str(zoo_registry.resolve(spec[len(BUILTIN_PREFIX):])), True
+        return str(zoo_registry.resolve(spec[len(BUILTIN_PREFIX) :])), True
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.is_dir():
@@ -72,18 +87,28 @@ def _config_hash(source: str, is_local: bool, config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
-                   "spiece.model", "tekken.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "tekken.json",
+)
 
 
 def load_tokenizer(source: str, cfg: ModelConfig):
     local = Path(source)
     if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
-        raise InputError(f"cannot load a tokenizer from {source}: no tokenizer files there "
-                         "(save one with tokenizer.save_pretrained or pass --tokenizer)")
+        raise InputError(
+            f"cannot load a tokenizer from {source}: no tokenizer files there "
+            "(save one with tokenizer.save_pretrained or pass --tokenizer)"
+        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                                  trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"cannot load a tokenizer from {source}: {exc}") from None
     if len(tokenizer) < 2:  # transformers can build an empty tokenizer from a config alone
@@ -101,8 +126,7 @@ def check_causal(cfg: ModelConfig) -> tuple[str, bool, Any]:
     """(source, is it local, its HF config) of a causal LM; InputError for anything else."""
     source, is_local = resolve_source(cfg.model)
     try:
-        config = AutoConfig.from_pretrained(source, revision=cfg.revision,
-                                            trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load model {cfg.model!r}: {exc}") from None
     has_remote_causal = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
@@ -123,8 +147,12 @@ def model_tokenizer(cfg: ModelConfig, source: str):
 
 def config_identity(cfg: ModelConfig, source: str, is_local: bool, config) -> dict[str, Any]:
     """What a run manifest records about a model before any weights are loaded."""
-    return {"model": cfg.model, "source": source, "model_type": config.model_type,
-            "config_sha256": _config_hash(source, is_local, config)}
+    return {
+        "model": cfg.model,
+        "source": source,
+        "model_type": config.model_type,
+        "config_sha256": _config_hash(source, is_local, config),
+    }
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -133,7 +161,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     device = _device(cfg.device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+            source,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
             dtype=_torch_dtype(cfg.dtype),
         )
     except (OSError, ValueError) as exc:
@@ -143,6 +173,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model = model.to(device).eval()
     if cfg.repeat_layers is not None:
         from latentcot.repeat import repeat_layers
+
         repeat_layers(model, *cfg.repeat_layers)
     identity = {
         **config_identity(cfg, source, is_local, config),

@@ -9,6 +9,7 @@ the application's position in the unrolled depth.
 one list (GPT-2, Llama, Qwen2, Mistral, ...) into its deeper unrolled version at inference time:
 layers ``start..end-1`` are applied ``repeats`` times in a row, sharing their weights.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -101,8 +102,9 @@ def repeat_layers(model, start: int, end: int, repeats: int):
     if not (isinstance(repeats, int) and repeats >= 1):
         raise InputError(f"repeats must be an integer >= 1, got {repeats!r}")
     if not 0 <= start < end <= depth:
-        raise InputError(f"bad layer range {start}:{end} for a model of {depth} layers; "
-                         f"need 0 <= START < END <= {depth}")
+        raise InputError(
+            f"bad layer range {start}:{end} for a model of {depth} layers; need 0 <= START < END <= {depth}"
+        )
     if repeats == 1:
         return model
     inner = [getattr(layer, "layer", layer) for layer in layers]  # unwrap a previous repeat

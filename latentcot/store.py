@@ -4,14 +4,16 @@ Each record is written as one complete line, flushed and fsynced, so a killed ru
 the line being written; on resume a torn last line is dropped and every recorded
 (task_spec, setting_id, example_id) is skipped.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import os
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any
 
 import jsonlines
 
@@ -78,8 +80,7 @@ def iter_samples(path: Path) -> Iterator[dict]:
             yield from reader.iter(type=dict)
         except jsonlines.InvalidLineError as err:
             # Only a torn last line is dropped, so the reader's count is the file's line number.
-            raise InputError(f"malformed record: {_malformed_reason(err)}",
-                             where=f"{path}:{err.lineno}") from None
+            raise InputError(f"malformed record: {_malformed_reason(err)}", where=f"{path}:{err.lineno}") from None
 
 
 def read_samples(run_dir: str | Path) -> list[dict]:
@@ -98,11 +99,10 @@ class RunStore:
         self._samples = open(root / SAMPLES, "a", encoding="utf-8")
         # Exactly the encoder the store used before jsonlines (json.dumps' ", " and ": "
         # separators, not compact=True), so new lines stay byte-identical to recorded runs'.
-        self._writer = jsonlines.Writer(self._samples,
-                                        dumps=functools.partial(json.dumps, ensure_ascii=False))
+        self._writer = jsonlines.Writer(self._samples, dumps=functools.partial(json.dumps, ensure_ascii=False))
 
     @classmethod
-    def open(cls, root: str | Path, manifest: Mapping[str, Any], resume: bool = False) -> "RunStore":
+    def open(cls, root: str | Path, manifest: Mapping[str, Any], resume: bool = False) -> RunStore:
         """Start a run (the directory must be new or empty) or, with ``resume``, continue one whose
         manifest has the same ``config``."""
         root = Path(root)
@@ -130,8 +130,7 @@ class RunStore:
         if not (root.is_dir() and any(root.iterdir())):
             return False
         if not resume:
-            raise InputError(f"run directory {root} is not empty; pass --resume to continue it "
-                             "or choose another --out")
+            raise InputError(f"run directory {root} is not empty; pass --resume to continue it or choose another --out")
         if not (root / MANIFEST).is_file():
             raise InputError(f"cannot resume {root}: it has no {MANIFEST}")
         return True
@@ -154,7 +153,7 @@ class RunStore:
             self.manifest = {**self.manifest, "finished_at": now()}
             _write_json_atomic(self.root / MANIFEST, self.manifest)
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, exc_type, *_) -> None:

@@ -1,13 +1,15 @@
 """Shared vocabulary: what flows between tasks, the engine, the store and analysis."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 
 Mode = Literal["token", "latent", "marker"]
-TOKEN: Mode = "token"    # a token was sampled and its embedding fed back
+TOKEN: Mode = "token"  # a token was sampled and its embedding fed back
 LATENT: Mode = "latent"  # a continuous vector was fed back instead of a token
 MARKER: Mode = "marker"  # a begin/end-of-thought marker token was forced around a latent segment
 
@@ -30,7 +32,7 @@ class Example:
 class EmbeddingTable:
     """The model's input-embedding matrix and what latent modes need from it, computed once."""
 
-    weight: torch.Tensor     # (V, D)
+    weight: torch.Tensor  # (V, D)
     mean_norm: torch.Tensor  # () mean L2 norm of the rows
 
 
@@ -38,27 +40,27 @@ class EmbeddingTable:
 class StepView:
     """What the engine knows at one decode step, for the whole batch of B rows."""
 
-    step: int                 # index of the step being decided (0 = first generated position)
-    logits: torch.Tensor      # (B, V) fp32, raw next-token logits (temperature 1)
-    entropy: torch.Tensor     # (B,) nats, H of softmax(logits)
-    hidden: torch.Tensor      # (B, D) final-layer (post-norm) state at the last position
-    n_latent: torch.Tensor    # (B,) long, latent steps this row has taken so far
+    step: int  # index of the step being decided (0 = first generated position)
+    logits: torch.Tensor  # (B, V) fp32, raw next-token logits (temperature 1)
+    entropy: torch.Tensor  # (B,) nats, H of softmax(logits)
+    hidden: torch.Tensor  # (B, D) final-layer (post-norm) state at the last position
+    n_latent: torch.Tensor  # (B,) long, latent steps this row has taken so far
     latent_run: torch.Tensor  # (B,) long, length of the row's current run of latent steps
-    active: torch.Tensor      # (B,) bool, row still generating
+    active: torch.Tensor  # (B,) bool, row still generating
 
 
 @dataclass(frozen=True)
 class DecodedStep:
     """What the decode loop did at one step, for the whole batch; handed to step observers."""
 
-    view: StepView                         # what the gate decided from
-    is_latent: torch.Tensor                # (B,) bool, a latent vector was fed
-    is_marker: torch.Tensor                # (B,) bool, a begin/end-of-thought marker was fed
-    fed: torch.Tensor                      # (B,) long, the token fed (sampled or marker); unused on latent rows
+    view: StepView  # what the gate decided from
+    is_latent: torch.Tensor  # (B,) bool, a latent vector was fed
+    is_marker: torch.Tensor  # (B,) bool, a begin/end-of-thought marker was fed
+    fed: torch.Tensor  # (B,) long, the token fed (sampled or marker); unused on latent rows
     latent_vector: Callable[[], torch.Tensor]  # () -> (B, D) the latent mode's vector for every row, computed once
 
     @property
-    def is_token(self) -> torch.Tensor:    # (B,) bool, a sampled token was fed
+    def is_token(self) -> torch.Tensor:  # (B,) bool, a sampled token was fed
         return ~(self.is_latent | self.is_marker)
 
 
@@ -72,13 +74,13 @@ class Trace:
     """Everything one row did during generation; per-step lists have equal length."""
 
     prompt: str
-    completion: str              # token text with each latent step rendered as LATENT_TEXT
-    finish_reason: str           # "eos" | "stop" | "length"
-    mode: list[str]              # per step: "token" | "latent" | "marker"
-    token_id: list[int]          # sampled token; argmax for latent steps; the marker id for markers
-    entropy: list[float]         # nats, of the distribution the step was decided from
-    p_token: list[float]         # probability of token_id under that distribution
-    p_max: list[float]           # largest probability of that distribution
+    completion: str  # token text with each latent step rendered as LATENT_TEXT
+    finish_reason: str  # "eos" | "stop" | "length"
+    mode: list[str]  # per step: "token" | "latent" | "marker"
+    token_id: list[int]  # sampled token; argmax for latent steps; the marker id for markers
+    entropy: list[float]  # nats, of the distribution the step was decided from
+    p_token: list[float]  # probability of token_id under that distribution
+    p_max: list[float]  # largest probability of that distribution
     extra: dict[str, list] = field(default_factory=dict)  # optional measured per-step arrays
 
     @property
@@ -115,7 +117,7 @@ class SampleRecord:
 
     setting: Mapping[str, Any]
     setting_id: str
-    task: str                      # task name, e.g. "addition" or a file's name
+    task: str  # task name, e.g. "addition" or a file's name
     domain: str
     example_id: str
     prompt: str
@@ -126,7 +128,7 @@ class SampleRecord:
     n_steps: int
     n_latent: int
     steps: Mapping[str, list]
-    task_spec: str = ""            # what loads this exact task: "addition:n=4,digits=3,reverse=0" or a path
+    task_spec: str = ""  # what loads this exact task: "addition:n=4,digits=3,reverse=0" or a path
     extraction: str | None = None  # name of the extraction strategy that matched
     finish_reason: str = ""
 

@@ -1,4 +1,5 @@
 """Constructed samples.jsonl records (the run-directory contract) for the analysis tests."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
-BASE_SETTING = {"gate": "token", "threshold": None, "unit": "nats", "k": None, "max_consecutive": None,
-                "max_latent": None, "latent": "soft", "latent_temperature": 1.0, "latent_top_k": 8,
-                "temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 16, "stop": [],
-                "markers": None}
+BASE_SETTING = {
+    "gate": "token",
+    "threshold": None,
+    "unit": "nats",
+    "k": None,
+    "max_consecutive": None,
+    "max_latent": None,
+    "latent": "soft",
+    "latent_temperature": 1.0,
+    "latent_top_k": 8,
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "max_new_tokens": 16,
+    "stop": [],
+    "markers": None,
+}
 
 
 def setting(gate: str, threshold: float | None = None, **changes) -> tuple[str, dict]:
@@ -24,8 +38,16 @@ def setting(gate: str, threshold: float | None = None, **changes) -> tuple[str, 
     return sid, s
 
 
-def record(setting_pair: tuple[str, dict], domain: str, example_id: str, correct: bool,
-           entropy, mode=None, p_token=None, **measured) -> dict:
+def record(
+    setting_pair: tuple[str, dict],
+    domain: str,
+    example_id: str,
+    correct: bool,
+    entropy,
+    mode=None,
+    p_token=None,
+    **measured,
+) -> dict:
     """One record; ``mode`` defaults to the gate's decision (latent where H > τ for entropy)."""
     sid, s = setting_pair
     entropy = [float(e) for e in entropy]
@@ -36,19 +58,32 @@ def record(setting_pair: tuple[str, dict], domain: str, example_id: str, correct
         else:
             mode = ["latent" if s["gate"] == "latent" else "token"] * n
     p_token = [float(np.exp(-e)) for e in entropy] if p_token is None else [float(p) for p in p_token]
-    steps = {"mode": list(mode), "token_id": list(range(n)), "entropy": entropy, "p_token": p_token,
-             "p_max": p_token}
+    steps = {"mode": list(mode), "token_id": list(range(n)), "entropy": entropy, "p_token": p_token, "p_max": p_token}
     steps.update({k: list(v) for k, v in measured.items()})
     n_latent = sum(m == "latent" for m in mode)
-    return {"setting": s, "setting_id": sid, "task": domain, "task_spec": f"{domain}:n=1",
-            "domain": domain, "example_id": example_id, "prompt": "Q: ?", "completion": "x" * n,
-            "answer": "1", "prediction": "1" if correct else "0", "correct": bool(correct),
-            "extraction": "strict", "finish_reason": "length", "n_steps": n, "n_latent": n_latent,
-            "steps": steps}
+    return {
+        "setting": s,
+        "setting_id": sid,
+        "task": domain,
+        "task_spec": f"{domain}:n=1",
+        "domain": domain,
+        "example_id": example_id,
+        "prompt": "Q: ?",
+        "completion": "x" * n,
+        "answer": "1",
+        "prediction": "1" if correct else "0",
+        "correct": bool(correct),
+        "extraction": "strict",
+        "finish_reason": "length",
+        "n_steps": n,
+        "n_latent": n_latent,
+        "steps": steps,
+    }
 
 
-def peaked_sweep(peaks: dict[str, float], thresholds, n_examples: int, n_steps: int = 6,
-                 seed: int = 0, baselines: bool = True) -> list[dict]:
+def peaked_sweep(
+    peaks: dict[str, float], thresholds, n_examples: int, n_steps: int = 6, seed: int = 0, baselines: bool = True
+) -> list[dict]:
     """Per domain, accuracy at τ is 0.9 − 0.2·|τ − peak| (exactly, on the example grid), so the
     best τ of each domain is its peak; token and latent baselines at 0.5 and 0.3."""
     rng = np.random.default_rng(seed)
@@ -60,8 +95,7 @@ def peaked_sweep(peaks: dict[str, float], thresholds, n_examples: int, n_steps: 
             pairs += [(setting("token"), 0.5), (setting("latent"), 0.3)]
         for pair, accuracy in pairs:
             for i in range(n_examples):
-                records.append(record(pair, domain, f"{domain}-{i}", i < round(accuracy * n_examples),
-                                      entropies[i]))
+                records.append(record(pair, domain, f"{domain}-{i}", i < round(accuracy * n_examples), entropies[i]))
     return records
 
 

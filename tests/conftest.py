@@ -1,4 +1,5 @@
 """Tiny random-init models of several architectures, built in-process (no download)."""
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ def models64(models):
     between equivalent computations (cache vs none, batch vs alone) grows ~10x per latent step, so
     equivalence is checked in float64, where it holds to fp32 resolution of the logits."""
     import copy
+
     return {arch: copy.deepcopy(model).double() for arch, model in models.items()}
 
 

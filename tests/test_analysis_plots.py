@@ -1,17 +1,26 @@
 """analysis.plots: the figures' axes, series and legends, read back from the Figure objects."""
+
 import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
+from analysis_records import peaked_sweep, record, setting
 from latentcot.analysis.accuracy import accuracy_vs_threshold, pareto_table, settings_table
 from latentcot.analysis.info_loss import METRIC_LABELS, info_loss_bins
 from latentcot.analysis.load import samples_frame, steps_frame
-from latentcot.analysis.plots import accuracy_entropy_figure, entropy_distribution_figure, info_loss_figure, \
-    pareto_figure, plot_series, step_trace_figure, threshold_figure, threshold_in_nats
+from latentcot.analysis.plots import (
+    accuracy_entropy_figure,
+    entropy_distribution_figure,
+    info_loss_figure,
+    pareto_figure,
+    plot_series,
+    step_trace_figure,
+    threshold_figure,
+    threshold_in_nats,
+)
 from latentcot.analysis.stats import AnalysisOptions
-from analysis_records import peaked_sweep, record, setting
 
 FAST = AnalysisOptions(n_boot=100)
 
@@ -39,11 +48,12 @@ def hollow_points(ax) -> int:
 
 def test_figures_are_bare_agg_figures_not_registered_with_pyplot(sweep):
     import matplotlib.pyplot as plt
+
     before = plt.get_fignums()
     fig = entropy_distribution_figure(sweep[1])
     assert plt.get_fignums() == before
     assert type(fig.canvas).__name__ == "FigureCanvasAgg"
-    assert matplotlib.rcParams["axes.spines.top"]       # the house style did not leak out
+    assert matplotlib.rcParams["axes.spines.top"]  # the house style did not leak out
 
 
 def test_accuracy_vs_threshold_has_a_panel_per_domain_with_baselines(sweep):
@@ -59,7 +69,7 @@ def test_accuracy_vs_threshold_has_a_panel_per_domain_with_baselines(sweep):
         np.testing.assert_allclose(curve.get_xdata(), [0.0, 1.0, 2.0])
         assert np.all(np.asarray(token.get_ydata()) == 0.5) and np.allclose(latent.get_ydata(), 0.3)
         assert latent.get_color() == curve.get_color() and latent.get_linestyle() == ":"
-        assert len(ax.collections) == 1                  # one Wilson band, no hollow points
+        assert len(ax.collections) == 1  # one Wilson band, no hollow points
     arith = table[table["domain"] == "arithmetic"]["accuracy"].to_numpy()
     np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), arith)
 
@@ -71,17 +81,35 @@ def test_latent_fraction_panel_has_no_baselines(sweep):
 
 
 def test_threshold_units_get_their_own_row_of_panels():
-    recs = [record(setting("entropy", t, unit=u), "d", f"e{i}", True, [0.5, 1.5])
-            for u in ("nats", "bits") for t in (0.5, 1.0) for i in range(3)]
+    recs = [
+        record(setting("entropy", t, unit=u), "d", f"e{i}", True, [0.5, 1.5])
+        for u in ("nats", "bits")
+        for t in (0.5, 1.0)
+        for i in range(3)
+    ]
     fig = threshold_figure(accuracy_vs_threshold(samples_frame(recs)))
     assert sorted(ax.get_xlabel() for ax in fig.get_axes()) == ["threshold τ (bits)", "threshold τ (nats)"]
 
 
 def test_points_with_too_few_observations_are_hollow_and_not_part_of_the_curve():
-    fig = threshold_figure(pd.DataFrame({
-        "domain": "d", "family": "soft, nats", "unit": "nats", "latent": "soft",
-        "threshold": [0.0, 0.5, 1.0, 1.5], "accuracy": [0.2, 0.4, 0.6, 0.8], "lo": 0.1, "hi": 0.9,
-        "latent_fraction": 0.5, "latent_lo": 0.4, "latent_hi": 0.6, "enough": [True, False, True, False]}))
+    fig = threshold_figure(
+        pd.DataFrame(
+            {
+                "domain": "d",
+                "family": "soft, nats",
+                "unit": "nats",
+                "latent": "soft",
+                "threshold": [0.0, 0.5, 1.0, 1.5],
+                "accuracy": [0.2, 0.4, 0.6, 0.8],
+                "lo": 0.1,
+                "hi": 0.9,
+                "latent_fraction": 0.5,
+                "latent_lo": 0.4,
+                "latent_hi": 0.6,
+                "enough": [True, False, True, False],
+            }
+        )
+    )
     ax = fig.get_axes()[0]
     np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [0.0, 1.0])
     assert hollow_points(ax) == 2
@@ -90,6 +118,7 @@ def test_points_with_too_few_observations_are_hollow_and_not_part_of_the_curve()
 
 def test_series_with_no_reliable_point_is_all_hollow_and_still_labelled():
     from latentcot.analysis.plots import new_figure
+
     fig, axes = new_figure(1, 1)
     ax = axes[0, 0]
     plot_series(ax, [1, 2], [0.1, 0.2], [0, 0], [1, 1], [False, False], "red", "only")
@@ -111,8 +140,9 @@ def test_info_loss_figure_has_one_panel_per_metric_and_a_curve_per_domain(sweep)
 
 
 def test_info_loss_figure_wraps_many_metrics_and_hides_spare_panels():
-    bins = pd.DataFrame({"domain": "d", "metric": list("abcd"), "entropy": 1.0, "mean": 1.0, "lo": 0.5,
-                         "hi": 1.5, "enough": True})
+    bins = pd.DataFrame(
+        {"domain": "d", "metric": list("abcd"), "entropy": 1.0, "mean": 1.0, "lo": 0.5, "hi": 1.5, "enough": True}
+    )
     fig = info_loss_figure(bins)
     assert len(fig.get_axes()) == 6 and sum(ax.get_visible() for ax in fig.get_axes()) == 4
 
@@ -134,15 +164,29 @@ def test_entropy_distribution_has_all_steps_and_token_steps_panels(sweep):
 
 
 def test_accuracy_vs_entropy_draws_the_chosen_settings_only():
-    table = pd.DataFrame({"domain": "d", "setting_id": ["a", "a", "b", "c"], "entropy": [0.5, 1.5, 0.5, 0.5],
-                          "accuracy": 0.5, "lo": 0.2, "hi": 0.8, "enough": True})
+    table = pd.DataFrame(
+        {
+            "domain": "d",
+            "setting_id": ["a", "a", "b", "c"],
+            "entropy": [0.5, 1.5, 0.5, 0.5],
+            "accuracy": 0.5,
+            "lo": 0.2,
+            "hi": 0.8,
+            "enough": True,
+        }
+    )
     ax = accuracy_entropy_figure(table, ["a", "b"]).get_axes()[0]
     assert legend_texts(ax) == ["a", "b"] and ax.get_xlabel() == "example mean entropy (nats)"
 
 
 def test_step_trace_marks_latent_steps_and_the_threshold():
-    rows = pd.DataFrame({"step": range(5), "entropy": [0.2, 1.5, 2.0, 0.1, 1.2],
-                         "mode": ["token", "latent", "latent", "token", "latent"]})
+    rows = pd.DataFrame(
+        {
+            "step": range(5),
+            "entropy": [0.2, 1.5, 2.0, 0.1, 1.2],
+            "mode": ["token", "latent", "latent", "token", "latent"],
+        }
+    )
     fig = step_trace_figure([("example", rows, 1.0)])
     ax = fig.get_axes()[0]
     assert ax.get_title() == "example" and ax.get_ylabel() == "entropy H (nats)"

@@ -1,19 +1,19 @@
 """analysis.report.write_report on constructed runs and on a real one."""
+
 import base64
-import re
 import html
+import re
 from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from analysis_records import peaked_sweep, record, setting, write_run
 from latentcot.analysis.report import FIGURE_TITLES, ReportResult, write_report
 from latentcot.analysis.stats import AnalysisOptions
 from latentcot.analysis.tables import TABLE_TITLES
 from latentcot.errors import InputError
-
-from analysis_records import peaked_sweep, record, setting, write_run
 
 LOOPED_ONLY = {"loops_summary", "loops_per_token"}  # tables and figure of looped models; this run has none
 
@@ -73,8 +73,11 @@ def measured_sweep() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory) -> ReportResult:
-    run = write_run(tmp_path_factory.mktemp("runs") / "sweep", measured_sweep(),
-                    {"config": {"measure": ["counterfactual"], "model": {"model": "tiny"}}})
+    run = write_run(
+        tmp_path_factory.mktemp("runs") / "sweep",
+        measured_sweep(),
+        {"config": {"measure": ["counterfactual"], "model": {"model": "tiny"}}},
+    )
     return write_report(run, options=FAST)
 
 
@@ -111,8 +114,12 @@ def test_report_html_shows_logit_lens_tokens_escaped(full_report):
 
 def test_summary_lists_key_tables_and_skips(full_report):
     summary = full_report.summary.read_text(encoding="utf-8")
-    for title in ("Accuracy per domain and setting", "Best τ per domain", "Per-domain τ vs one global τ",
-                  "Information loss vs entropy: Spearman ρ"):
+    for title in (
+        "Accuracy per domain and setting",
+        "Best τ per domain",
+        "Per-domain τ vs one global τ",
+        "Information loss vs entropy: Spearman ρ",
+    ):
         assert f"## {title}" in summary
     assert "## Skipped\n\n- nothing" in summary
     assert "measurements: counterfactual" in summary
@@ -120,16 +127,20 @@ def test_summary_lists_key_tables_and_skips(full_report):
 
 
 def test_token_only_single_domain_run_reports_what_it_skipped(tmp_path):
-    records = [record(setting("token"), "d", f"e{i}", i % 3 == 0, [0.3, 1.2, 2.5])
-               for i in range(5)]
+    records = [record(setting("token"), "d", f"e{i}", i % 3 == 0, [0.3, 1.2, 2.5]) for i in range(5)]
     for r in records:
         r["completion"] = "1 < 2 & <script>"
     result = write_report(write_run(tmp_path / "run", records), tmp_path / "out", FAST)
     assert result.out_dir == tmp_path / "out"
     assert "accuracy_vs_threshold" not in result.figures and "pareto" in result.figures
     text = "\n".join(result.skipped)
-    for phrase in ("accuracy vs τ", "one domain", "latent-only baseline", "counterfactual KL",
-                   "figures accuracy / latent fraction vs τ"):
+    for phrase in (
+        "accuracy vs τ",
+        "one domain",
+        "latent-only baseline",
+        "counterfactual KL",
+        "figures accuracy / latent fraction vs τ",
+    ):
         assert phrase in text
     summary = result.summary.read_text(encoding="utf-8")
     assert all(f"- {s}" in summary for s in result.skipped)
@@ -155,17 +166,41 @@ def test_empty_samples_is_an_input_error_and_writes_nothing(tmp_path):
 @pytest.mark.slow
 def test_report_on_a_real_single_setting_run(saved_model, tmp_path):
     from latentcot.cli import main
+
     out = tmp_path / "run"
     try:
-        main(["run", "--model", str(saved_model), "--task", "addition:n=2,digits=1", "--limit", "4",
-              "--max-new-tokens", "8", "--gate", "entropy", "--threshold", "3", "--latent", "soft",
-              "--out", str(out)])
+        main(
+            [
+                "run",
+                "--model",
+                str(saved_model),
+                "--task",
+                "addition:n=2,digits=1",
+                "--limit",
+                "4",
+                "--max-new-tokens",
+                "8",
+                "--gate",
+                "entropy",
+                "--threshold",
+                "3",
+                "--latent",
+                "soft",
+                "--out",
+                str(out),
+            ]
+        )
     except SystemExit as exc:
         assert exc.code in (0, None)
     result = write_report(out, options=FAST)
     text = "\n".join(result.skipped)
-    for phrase in ("best τ per domain", "one domain", "token-only baseline", "latent-only baseline",
-                   "counterfactual KL"):
+    for phrase in (
+        "best τ per domain",
+        "one domain",
+        "token-only baseline",
+        "latent-only baseline",
+        "counterfactual KL",
+    ):
         assert phrase in text
     assert "entropy-3nats-soft-lt1" in result.headline
     settings = pd.read_csv(result.tables["settings"])

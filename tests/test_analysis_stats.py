@@ -1,13 +1,22 @@
 """analysis.stats: intervals against known values and simulated coverage, ρ against scipy."""
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from latentcot.analysis.stats import bin_edges, bin_index, binned_means, cluster_counts, pareto_front, spearman_ci, \
-    weighted_spearman, wilson_interval
+from latentcot.analysis.stats import (
+    bin_edges,
+    bin_index,
+    binned_means,
+    cluster_counts,
+    pareto_front,
+    spearman_ci,
+    weighted_spearman,
+    wilson_interval,
+)
 
 N_DATASETS = 200
-COVERAGE_BAND = (0.89, 0.99)   # nominal 0.95; ±~2.5 standard errors of a 200-dataset estimate
+COVERAGE_BAND = (0.89, 0.99)  # nominal 0.95; ±~2.5 standard errors of a 200-dataset estimate
 
 
 def test_wilson_matches_the_closed_form():
@@ -36,7 +45,7 @@ def test_wilson_coverage_is_near_nominal():
 
 def test_rho_equals_scipy_spearmanr_with_ties():
     rng = np.random.default_rng(2)
-    x = np.round(rng.normal(size=300), 1)            # many ties
+    x = np.round(rng.normal(size=300), 1)  # many ties
     y = np.round(x + rng.normal(size=300), 1)
     result = spearman_ci(x, y, np.arange(300) // 3, rng, n_boot=50)
     expected = stats.spearmanr(x, y)
@@ -79,7 +88,7 @@ def test_spearman_ci_coverage_on_clustered_bivariate_normal_data():
     for _ in range(N_DATASETS):
         effect = np.repeat(rng.multivariate_normal([0, 0], cov, size=n_records), per, axis=0)
         noise = rng.multivariate_normal([0, 0], cov, size=n_records * per)
-        xy = effect + noise   # still bivariate normal with correlation r, but clustered
+        xy = effect + noise  # still bivariate normal with correlation r, but clustered
         c = spearman_ci(xy[:, 0], xy[:, 1], np.repeat(np.arange(n_records), per), rng, n_boot=300)
         hits += c.lo <= true_rho <= c.hi
     assert COVERAGE_BAND[0] <= hits / N_DATASETS <= COVERAGE_BAND[1]
@@ -119,7 +128,7 @@ def test_bin_edges_are_shared_equal_width_and_close_the_last_bin():
 
 def test_cluster_counts_draw_as_many_clusters_as_there_are_in_every_chunk():
     rng = np.random.default_rng(8)
-    chunks = list(cluster_counts(7, 25, rng, max_cells=21))   # 3 replicates per chunk
+    chunks = list(cluster_counts(7, 25, rng, max_cells=21))  # 3 replicates per chunk
     counts = np.vstack(chunks)
     assert len(chunks) == 9 and counts.shape == (25, 7)
     assert np.all(counts.sum(axis=1) == 7)

@@ -1,16 +1,24 @@
 """analysis tables on constructed records with known answers."""
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from latentcot.analysis.accuracy import accuracy_vs_entropy, accuracy_vs_threshold, best_thresholds, pareto_table, \
-    per_domain_vs_global, settings_table, threshold_rows
+from analysis_records import peaked_sweep, record, setting
+from latentcot.analysis.accuracy import (
+    accuracy_vs_entropy,
+    accuracy_vs_threshold,
+    best_thresholds,
+    pareto_table,
+    per_domain_vs_global,
+    settings_table,
+    threshold_rows,
+)
 from latentcot.analysis.info_loss import entropy_by_domain, info_loss_bins, info_loss_correlations
 from latentcot.analysis.load import samples_frame, steps_frame
 from latentcot.analysis.stats import AnalysisOptions
 from latentcot.analysis.tables import compute_tables
-from analysis_records import peaked_sweep, record, setting
 
 FAST = AnalysisOptions(n_boot=200)
 THRESHOLDS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
@@ -41,7 +49,7 @@ def test_best_threshold_interval_widens_when_the_peak_is_flat():
         recs.append(record(setting("entropy", 1.0), "d", f"e{i}", i % 2 == 0, [0.5, 1.5]))
         recs.append(record(setting("entropy", 2.0), "d", f"e{i}", i % 2 == 1, [0.5, 1.5]))
     best = best_thresholds(samples_frame(recs), FAST).iloc[0]
-    assert best["best_threshold"] == 1.0          # ties go to the smallest τ
+    assert best["best_threshold"] == 1.0  # ties go to the smallest τ
     assert (best["threshold_lo"], best["threshold_hi"]) == (1.0, 2.0)
     assert 0.3 < best["stability"] < 0.8
 
@@ -76,7 +84,9 @@ def test_families_separate_units_latent_modes_and_exclude_threshold_maps():
 def test_family_label_names_other_keys_that_vary():
     recs = [record(setting("entropy", 1.0, latent_temperature=t), "d", "e", True, [0.5]) for t in (0.5, 1.0)]
     assert sorted(threshold_rows(samples_frame(recs))["family"]) == [
-        "soft, nats, latent_temperature=0.5", "soft, nats, latent_temperature=1"]
+        "soft, nats, latent_temperature=0.5",
+        "soft, nats, latent_temperature=1",
+    ]
 
 
 def test_per_domain_beats_global_when_peaks_differ(sweep):
@@ -120,12 +130,19 @@ def test_measured_arrays_add_metrics_at_their_step_modes():
     for i in range(20):
         h = rng.uniform(0, 3, size=8)
         latent = h > 1.5
-        recs.append(record(setting("entropy", 1.5), "d", f"e{i}", True, h,
-                           kl_counterfactual=[None if m else float(x) * 0.5 + rng.normal() * 0.1
-                                              for m, x in zip(latent, h)],
-                           latent_token_cos=[float(1 - x / 4) if m else None for m, x in zip(latent, h)],
-                           latent_norm=[float(x) if m else None for m, x in zip(latent, h)],
-                           lens_top=[["a", "b", "c", "d", "e"] if m else None for m in latent]))
+        recs.append(
+            record(
+                setting("entropy", 1.5),
+                "d",
+                f"e{i}",
+                True,
+                h,
+                kl_counterfactual=[None if m else float(x) * 0.5 + rng.normal() * 0.1 for m, x in zip(latent, h)],
+                latent_token_cos=[float(1 - x / 4) if m else None for m, x in zip(latent, h)],
+                latent_norm=[float(x) if m else None for m, x in zip(latent, h)],
+                lens_top=[["a", "b", "c", "d", "e"] if m else None for m in latent],
+            )
+        )
     steps = steps_frame(recs)
     table = info_loss_correlations(steps, FAST).set_index("metric")
     assert set(table.index) == {"discarded", "surprisal", "kl_counterfactual", "latent_token_cos", "latent_norm"}
@@ -133,7 +150,8 @@ def test_measured_arrays_add_metrics_at_their_step_modes():
     assert table.loc["latent_norm", "mode"] == "latent"
     token = steps[steps["mode"] == "token"]
     assert table.loc["kl_counterfactual", "rho"] == pytest.approx(
-        stats.spearmanr(token["entropy"], token["kl_counterfactual"]).statistic)
+        stats.spearmanr(token["entropy"], token["kl_counterfactual"]).statistic
+    )
 
 
 def test_sparse_bins_are_flagged():
@@ -142,7 +160,7 @@ def test_sparse_bins_are_flagged():
     recs.append(record(setting("token"), "d", "sparse", True, [2.9] * 9))
     bins = info_loss_bins(steps_frame(recs), AnalysisOptions(n_boot=50, entropy_bins=3, min_points=10))
     surprisal = bins[bins["metric"] == "surprisal"].set_index("n")
-    assert sorted(surprisal.index) == [9, 30]             # the empty middle bin is dropped
+    assert sorted(surprisal.index) == [9, 30]  # the empty middle bin is dropped
     assert bool(surprisal.loc[30, "enough"]) and not bool(surprisal.loc[9, "enough"])
 
 

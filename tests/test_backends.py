@@ -1,4 +1,5 @@
 """Choosing a backend on the command line: bad names, misplaced options and refusals are one line, exit 2."""
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,28 @@ def dataset(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--backend", "nosuch"], "unknown backend 'nosuch'; valid: hf, vllm"),
-    (["--tensor-parallel-size", "2"], "--tensor-parallel-size only applies to --backend vllm"),
-    (["--backend", "vllm", "--gate", "entropy", "--threshold", "1", "--latent", "hidden"],
-     "--latent hidden is not supported by the vllm backend"),
-    (["--backend", "vllm", "--measure", "counterfactual"], "--measure counterfactual is not supported by the vllm backend"),
-    (["--backend", "vllm", "--gate", "fixed", "--k", "2", "--latent", "soft", "--markers", "<bot>,<eot>"],
-     "--markers is not supported by the vllm backend"),
-])
-def test_bad_backend_requests_are_one_line_before_anything_is_loaded(tmp_path, saved_model, dataset, capsys,
-                                                                      extra, message):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backend", "nosuch"], "unknown backend 'nosuch'; valid: hf, vllm"),
+        (["--tensor-parallel-size", "2"], "--tensor-parallel-size only applies to --backend vllm"),
+        (
+            ["--backend", "vllm", "--gate", "entropy", "--threshold", "1", "--latent", "hidden"],
+            "--latent hidden is not supported by the vllm backend",
+        ),
+        (
+            ["--backend", "vllm", "--measure", "counterfactual"],
+            "--measure counterfactual is not supported by the vllm backend",
+        ),
+        (
+            ["--backend", "vllm", "--gate", "fixed", "--k", "2", "--latent", "soft", "--markers", "<bot>,<eot>"],
+            "--markers is not supported by the vllm backend",
+        ),
+    ],
+)
+def test_bad_backend_requests_are_one_line_before_anything_is_loaded(
+    tmp_path, saved_model, dataset, capsys, extra, message
+):
     out = tmp_path / "run"
     assert cli("run", "--model", saved_model, "--task", dataset, "--out", out, *extra) == 2
     err = capsys.readouterr().err
@@ -49,7 +61,12 @@ def test_the_manifest_records_the_backend(tmp_path, saved_model, dataset):
     out = tmp_path / "run"
     assert cli("run", "--model", saved_model, "--task", dataset, "--max-new-tokens", "4", "--out", out) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config"]["backend"] == {"name": "hf", "tensor_parallel_size": 1, "max_model_len": None,
-                                             "gpu_memory_utilization": None, "kv_cache_gib": None,
-                                             "enforce_eager": False}
+    assert manifest["config"]["backend"] == {
+        "name": "hf",
+        "tensor_parallel_size": 1,
+        "max_model_len": None,
+        "gpu_memory_utilization": None,
+        "kv_cache_gib": None,
+        "enforce_eager": False,
+    }
     assert manifest["model"]["backend"] == "hf"

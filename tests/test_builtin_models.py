@@ -1,4 +1,5 @@
 """The shipped zoo models: complete, loadable, and as accurate on held-out problems as their cards say."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,8 +24,11 @@ def accuracy(model, n: int = N) -> float:
     gate = GateConfig("fixed", k=trained["k"]) if trained["gate"] == "fixed" else GateConfig("token")
     markers = tuple(trained["markers"]) if trained.get("markers") else None
     traces = Engine(loaded.model, loaded.tokenizer).generate(
-        [task.prompt(e) for e in examples], make_gate(gate), make_latent(LatentConfig(trained.get("latent", "hidden"))),
-        DecodeConfig(max_new_tokens=96, markers=markers, stop=task.stop))
+        [task.prompt(e) for e in examples],
+        make_gate(gate),
+        make_latent(LatentConfig(trained.get("latent", "hidden"))),
+        DecodeConfig(max_new_tokens=96, markers=markers, stop=task.stop),
+    )
     return sum(task.score(e, task.extract(t.completion).prediction) for e, t in zip(examples, traces)) / n
 
 
@@ -55,8 +59,11 @@ def test_a_coconut_model_beats_the_nocot_model_of_its_task():
     by_task = {}
     for model in BUILTIN.values():
         by_task.setdefault(model.card["task"], {})[model.card["method"]] = model
-    beaten = [(m["coconut"], m["nocot"]) for m in by_task.values() if {"coconut", "nocot"} <= m.keys()
-              and interval(m["coconut"])[0] > interval(m["nocot"])[1]]
+    beaten = [
+        (m["coconut"], m["nocot"])
+        for m in by_task.values()
+        if {"coconut", "nocot"} <= m.keys() and interval(m["coconut"])[0] > interval(m["nocot"])[1]
+    ]
     assert beaten, "no built-in COCONUT model is clearly above the nocot model of its task"
     coconut, nocot = beaten[0]
     assert coconut.card["decode"]["gate"] == "fixed" and coconut.card["decode"]["k"] >= 1

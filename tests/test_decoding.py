@@ -8,7 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from latentcot.decoding import check_prompts_room, check_room, context_length, eos_token_ids, render_completion, stop_hit
+from latentcot.decoding import (
+    check_prompts_room,
+    check_room,
+    context_length,
+    eos_token_ids,
+    render_completion,
+    stop_hit,
+)
 from latentcot.errors import InputError
 from latentcot.types import LATENT, LATENT_TEXT, MARKER, TOKEN
 
@@ -42,10 +49,16 @@ def test_eos_ids_merge_the_tokenizer_and_the_generation_config():
     assert eos_token_ids(SimpleNamespace(eos_token_id=None), None) == []
 
 
-@pytest.mark.parametrize("fields, expected", [
-    ({"max_position_embeddings": 64}, 64), ({"n_positions": 1024}, 1024), ({"seq_length": 8}, 8), ({}, None),
-    ({"max_position_embeddings": None, "n_positions": 32}, 32),
-])
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"max_position_embeddings": 64}, 64),
+        ({"n_positions": 1024}, 1024),
+        ({"seq_length": 8}, 8),
+        ({}, None),
+        ({"max_position_embeddings": None, "n_positions": 32}, 32),
+    ],
+)
 def test_context_length_reads_whichever_field_the_config_has(fields, expected):
     assert context_length(SimpleNamespace(**fields)) == expected
 

@@ -1,4 +1,5 @@
 """`latentcot demo` over a zoo of built-in models (tiny random ones here, with cards like trained ones)."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import json
 import pytest
 
 from latentcot.zoo import registry
-
 from test_cli import cli, records
 
 pytestmark = pytest.mark.slow
@@ -19,8 +19,11 @@ def zoo(tmp_path, monkeypatch, models, tokenizer):
     root = tmp_path / "builtin"
     cards = {
         "adder-cot": {"task": "addition:n=2,digits=1", "method": "cot", "decode": {"gate": "token"}},
-        "adder-coconut": {"task": "addition:n=2,digits=1", "method": "coconut",
-                          "decode": {"gate": "fixed", "k": 2, "latent": "hidden", "markers": ["<bot>", "<eot>"]}},
+        "adder-coconut": {
+            "task": "addition:n=2,digits=1",
+            "method": "coconut",
+            "decode": {"gate": "fixed", "k": 2, "latent": "hidden", "markers": ["<bot>", "<eot>"]},
+        },
     }
     for name, card in cards.items():
         models["llama"].save_pretrained(root / name)

@@ -1,4 +1,5 @@
 """The decode loop against HF generate and against a cache-free re-implementation."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,12 @@ from latentcot.types import LATENT_TEXT, EmbeddingTable, StepView
 from latentcot.zoo.tiny import ARCHITECTURES
 
 PROMPTS = ["12+7=", "Every cat is a mammal. Is Tom a cat?", "x"]
-LATENT_MODES = {"hidden": HiddenLatent(), "hidden-normed": NormedHiddenLatent(),
-                "soft": SoftLatent(0.7), "topk-soft": TopKSoftLatent(4)}
+LATENT_MODES = {
+    "hidden": HiddenLatent(),
+    "hidden-normed": NormedHiddenLatent(),
+    "soft": SoftLatent(0.7),
+    "topk-soft": TopKSoftLatent(4),
+}
 
 
 class Recording:
@@ -24,8 +29,17 @@ class Recording:
         self.gate, self.views = gate, []
 
     def __call__(self, view):
-        self.views.append(StepView(view.step, view.logits.clone(), view.entropy.clone(), view.hidden.clone(),
-                                   view.n_latent.clone(), view.latent_run.clone(), view.active.clone()))
+        self.views.append(
+            StepView(
+                view.step,
+                view.logits.clone(),
+                view.entropy.clone(),
+                view.hidden.clone(),
+                view.n_latent.clone(),
+                view.latent_run.clone(),
+                view.active.clone(),
+            )
+        )
         return self.gate(view)
 
 
@@ -39,7 +53,7 @@ def test_token_mode_reproduces_hf_generate(models, tokenizer, arch, prompts):
     model = models[arch]
     traces = Engine(model, tokenizer).generate(prompts, TokenGate(), HiddenLatent(), greedy(24))
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    hf = model.generate(**enc, max_new_tokens=24, do_sample=False)[:, enc["input_ids"].shape[1]:]
+    hf = model.generate(**enc, max_new_tokens=24, do_sample=False)[:, enc["input_ids"].shape[1] :]
     for trace, ref in zip(traces, hf.tolist()):
         assert trace.mode == ["token"] * len(trace.token_id)
         assert trace.token_id == ref[: len(trace.token_id)]
@@ -67,8 +81,15 @@ def reference_decode(model, tokenizer, prompts, gate, latent, n_steps):
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
             out = model(inputs_embeds=x, attention_mask=mask, position_ids=positions, output_hidden_states=True)
             logits = out.logits[:, -1].float()
-            view = StepView(t, logits, distribution_stats(logits)[1], out.hidden_states[-1][:, -1],
-                            n_latent, run, torch.ones(batch, dtype=torch.bool))
+            view = StepView(
+                t,
+                logits,
+                distribution_stats(logits)[1],
+                out.hidden_states[-1][:, -1],
+                n_latent,
+                run,
+                torch.ones(batch, dtype=torch.bool),
+            )
             is_latent = gate(view)
             nxt = torch.where(is_latent[:, None], latent(view, table), embed(logits.argmax(-1)))
             x = torch.cat([x, nxt[:, None]], dim=1)
@@ -163,9 +184,11 @@ def test_fixed_gate_with_markers_is_coconut_decoding(models, tokenizer):
 
 def test_unknown_marker_is_an_input_error(models, tokenizer):
     from latentcot.errors import InputError
+
     with pytest.raises(InputError, match="not a single token"):
-        Engine(models["llama"], tokenizer).generate(["1"], LatentGate(), HiddenLatent(),
-                                                    greedy(4, markers=("<think>", "<eot>")))
+        Engine(models["llama"], tokenizer).generate(
+            ["1"], LatentGate(), HiddenLatent(), greedy(4, markers=("<think>", "<eot>"))
+        )
 
 
 def test_entropy_gate_caps(models, tokenizer):
@@ -200,5 +223,6 @@ def test_stop_strings_and_eos(models, tokenizer):
 
 def test_context_overflow_is_an_input_error(models, tokenizer):
     from latentcot.errors import InputError
+
     with pytest.raises(InputError, match="exceeds the model's context of 512"):
         Engine(models["gpt2"], tokenizer).generate(["x" * 500], TokenGate(), HiddenLatent(), greedy(20))

@@ -1,8 +1,8 @@
 """Entropy, gates, latent vectors, token filtering and config validation, on plain tensors."""
+
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import numpy as np
@@ -10,13 +10,13 @@ import pytest
 import scipy.stats
 import torch
 
-from latentcot.validation import from_mapping
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.errors import InputError
 from latentcot.gates import EntropyGate, FixedGate, LatentGate, TokenGate, entropy_in_unit, make_gate
 from latentcot.latent import HiddenLatent, NormedHiddenLatent, SoftLatent, TopKSoftLatent, make_latent
 from latentcot.sampling import distribution_stats, filter_logits, row_seed
 from latentcot.types import EmbeddingTable, StepView
+from latentcot.validation import from_mapping
 
 
 def view_of(logits, hidden=None, n_latent=None, run=None):
@@ -24,8 +24,15 @@ def view_of(logits, hidden=None, n_latent=None, run=None):
     zeros = torch.zeros(batch, dtype=torch.long)
     _, entropy = distribution_stats(logits)
     hidden = torch.randn(batch, 8) if hidden is None else hidden
-    return StepView(0, logits, entropy, hidden, zeros if n_latent is None else n_latent,
-                    zeros if run is None else run, torch.ones(batch, dtype=torch.bool))
+    return StepView(
+        0,
+        logits,
+        entropy,
+        hidden,
+        zeros if n_latent is None else n_latent,
+        zeros if run is None else run,
+        torch.ones(batch, dtype=torch.bool),
+    )
 
 
 @pytest.mark.parametrize("unit", ["nats", "bits", "normalized"])
@@ -43,7 +50,7 @@ def test_entropy_matches_scipy_in_every_unit(unit):
 
 def test_entropy_gate_threshold_in_bits_and_normalized():
     logits = torch.zeros(2, 16)
-    logits[1, 0] = 10.0                       # row 0 uniform: H = log 16 = 4 bits; row 1 peaked
+    logits[1, 0] = 10.0  # row 0 uniform: H = log 16 = 4 bits; row 1 peaked
     view = view_of(logits)
     assert EntropyGate(3.9, "bits")(view).tolist() == [True, False]
     assert EntropyGate(4.1, "bits")(view).tolist() == [False, False]
@@ -107,7 +114,7 @@ def test_filter_logits_top_k_and_top_p_against_brute_force():
         probs = logits.softmax(-1)
         for row in range(20):
             order = probs[row].argsort(descending=True)
-            need = int((probs[row][order].cumsum(0) < p).sum()) + 1   # smallest prefix with mass >= p
+            need = int((probs[row][order].cumsum(0) < p).sum()) + 1  # smallest prefix with mass >= p
             assert set(order[:need].tolist()) == set(kept[row].nonzero()[:, 0].tolist())
 
 
@@ -117,16 +124,19 @@ def test_row_seed_is_stable_and_distinct():
     assert 0 <= row_seed(123, "x") < 2**63
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(kind="entropy"), "needs a threshold"),
-    (dict(kind="entropy", threshold=-0.5), "threshold must be"),
-    (dict(kind="entropy", threshold=float("nan")), "threshold must be"),
-    (dict(kind="token", threshold=1.0), "only applies to the entropy gate"),
-    (dict(kind="fixed"), "needs k"),
-    (dict(kind="maybe"), "unknown gate 'maybe'; valid: token, latent, entropy, fixed"),
-    (dict(kind="entropy", threshold=1.0, unit="dits"), "unknown unit"),
-    (dict(kind="token", max_latent=3), "only applies to the entropy gate"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(kind="entropy"), "needs a threshold"),
+        (dict(kind="entropy", threshold=-0.5), "threshold must be"),
+        (dict(kind="entropy", threshold=float("nan")), "threshold must be"),
+        (dict(kind="token", threshold=1.0), "only applies to the entropy gate"),
+        (dict(kind="fixed"), "needs k"),
+        (dict(kind="maybe"), "unknown gate 'maybe'; valid: token, latent, entropy, fixed"),
+        (dict(kind="entropy", threshold=1.0, unit="dits"), "unknown unit"),
+        (dict(kind="token", max_latent=3), "only applies to the entropy gate"),
+    ],
+)
 def test_gate_config_rejects_bad_values(bad, match):
     with pytest.raises(InputError, match=match):
         GateConfig(**bad)

@@ -1,4 +1,5 @@
 """Looped models: equivalence with unrolled Llama, weight sharing, saving, cached decoding, adaptive exit."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-from latentcot.config import DecodeConfig, ModelConfig, setting_id, setting_of, GateConfig, LatentConfig
+from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig, setting_id, setting_of
 from latentcot.engine import Engine
 from latentcot.errors import InputError
 from latentcot.gates import EntropyGate, TokenGate
@@ -17,7 +18,6 @@ from latentcot.looping import LoopConfig, loops_used, parse_exit
 from latentcot.model import load_model
 from latentcot.zoo.looped import LoopedConfig, LoopedForCausalLM, is_looped, parse_arch_spec, training_loops
 from latentcot.zoo.tiny import tiny_model
-
 from test_cli import cli, records
 from test_engine import PROMPTS, Recording, reference_decode
 
@@ -32,13 +32,20 @@ def unrolled_llama(model: LoopedForCausalLM, loops: int | None = None):
     """A plain Llama whose layers are prelude, the block repeated ``loops`` times, coda (weights copied)."""
     cfg = model.config
     loops = loops or cfg.loops
-    fields = {k: v for k, v in cfg.to_dict().items() if k in LlamaConfig().to_dict()
-              and k not in ("model_type", "architectures", "transformers_version", "num_hidden_layers")}
+    fields = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k in LlamaConfig().to_dict()
+        and k not in ("model_type", "architectures", "transformers_version", "num_hidden_layers")
+    }
     plain = AutoModelForCausalLM.from_config(LlamaConfig(**fields, num_hidden_layers=cfg.depth(loops)))
     inner = model.model
     order = [*inner.prelude, *list(inner.block) * loops, *inner.coda]
-    state = {"model.embed_tokens.weight": inner.embed_tokens.weight, "model.norm.weight": inner.norm.weight,
-             "lm_head.weight": model.lm_head.weight}
+    state = {
+        "model.embed_tokens.weight": inner.embed_tokens.weight,
+        "model.norm.weight": inner.norm.weight,
+        "lm_head.weight": model.lm_head.weight,
+    }
     for i, layer in enumerate(order):
         state.update({f"model.layers.{i}.{name}": p for name, p in layer.state_dict().items()})
     plain.load_state_dict(state, strict=True)
@@ -55,8 +62,15 @@ def logits(model, enc, **kw):
         return model(**enc, position_ids=positions, **kw).logits
 
 
-@pytest.mark.parametrize("spec,loops", [("looped:k=2,L=1", None), ("looped:k=2,L=3", None),
-                                        ("looped:k=1,L=2,prelude=1,coda=1", None), ("looped:k=2,L=2", 4)])
+@pytest.mark.parametrize(
+    "spec,loops",
+    [
+        ("looped:k=2,L=1", None),
+        ("looped:k=2,L=3", None),
+        ("looped:k=1,L=2,prelude=1,coda=1", None),
+        ("looped:k=2,L=2", 4),
+    ],
+)
 def test_looped_equals_llama_with_the_block_repeated(tokenizer, spec, loops):
     model = looped(tokenizer, spec)
     enc = batch(tokenizer)
@@ -66,8 +80,9 @@ def test_looped_equals_llama_with_the_block_repeated(tokenizer, spec, loops):
 
 
 def test_shapes_weight_sharing_and_depth(tokenizer):
-    sizes = {L: sum(p.numel() for p in looped(tokenizer, f"looped:k=2,L={L},prelude=1").parameters())
-             for L in (1, 4, 8)}
+    sizes = {
+        L: sum(p.numel() for p in looped(tokenizer, f"looped:k=2,L={L},prelude=1").parameters()) for L in (1, 4, 8)
+    }
     assert len(set(sizes.values())) == 1, sizes  # one parameter set for the block
     model = looped(tokenizer, "looped:k=2,L=3,prelude=1,coda=1")
     assert model.config.num_hidden_layers == 1 + 2 * 3 + 1
@@ -104,13 +119,19 @@ def test_learned_positions_are_absolute_and_survive_save_and_load(tmp_path, toke
 
     def shift_gap(model):
         with torch.no_grad():
-            return (model(**enc, position_ids=positions).logits
-                    - model(**enc, position_ids=positions + 7).logits).abs().max().item()
+            return (
+                (model(**enc, position_ids=positions).logits - model(**enc, position_ids=positions + 7).logits)
+                .abs()
+                .max()
+                .item()
+            )
+
     rope, learned = looped(tokenizer, "looped:k=2,L=2"), looped(tokenizer, "looped:k=2,L=2,pos=learned")
-    assert shift_gap(rope) < 1e-5   # rotary attention sees only relative positions
+    assert shift_gap(rope) < 1e-5  # rotary attention sees only relative positions
     assert shift_gap(learned) > 1e-2
     assert sum(p.numel() for p in learned.parameters()) - sum(p.numel() for p in rope.parameters()) == (
-        learned.config.max_position_embeddings * learned.config.hidden_size)
+        learned.config.max_position_embeddings * learned.config.hidden_size
+    )
     learned.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert again.config.positions == "learned"
@@ -130,13 +151,17 @@ class WithLooping:
         return self.model.get_input_embeddings()
 
 
-@pytest.mark.parametrize("spec,looping", [
-    ("looped:k=2,L=2", None),
-    ("looped:k=1,L=2,prelude=1,coda=1,inject=add", LoopConfig(loops=4)),
-    ("looped:k=1,L=6,inject=add", LoopConfig(exit="kl", epsilon=1e-2)),
-    ("looped:k=1,L=4,inject=concat,prelude=1", LoopConfig(exit="argmax")),
-    ("looped:k=1,L=6,inject=add,pos=learned", LoopConfig(exit="kl", epsilon=1e-2)),
-], ids=["plain", "override-deeper", "kl-exit", "argmax-exit", "learned-positions"])
+@pytest.mark.parametrize(
+    "spec,looping",
+    [
+        ("looped:k=2,L=2", None),
+        ("looped:k=1,L=2,prelude=1,coda=1,inject=add", LoopConfig(loops=4)),
+        ("looped:k=1,L=6,inject=add", LoopConfig(exit="kl", epsilon=1e-2)),
+        ("looped:k=1,L=4,inject=concat,prelude=1", LoopConfig(exit="argmax")),
+        ("looped:k=1,L=6,inject=add,pos=learned", LoopConfig(exit="kl", epsilon=1e-2)),
+    ],
+    ids=["plain", "override-deeper", "kl-exit", "argmax-exit", "learned-positions"],
+)
 def test_cached_decoding_matches_cache_free_recomputation(tokenizer, spec, looping):
     model = looped(tokenizer, spec).double()
     decode = DecodeConfig(max_new_tokens=10, loop=looping)
@@ -149,11 +174,17 @@ def test_cached_decoding_matches_cache_free_recomputation(tokenizer, spec, loopi
     # latent feedback (the final hidden state), mixed with token steps
     gate = Recording(EntropyGate(threshold=0.0, max_consecutive=2))
     traces = engine.generate(PROMPTS, gate, HiddenLatent(), decode)
-    ref_logits, _ = reference_decode(WithLooping(model, looping), tokenizer, PROMPTS,
-                                     EntropyGate(threshold=0.0, max_consecutive=2), HiddenLatent(), 10)
+    ref_logits, _ = reference_decode(
+        WithLooping(model, looping),
+        tokenizer,
+        PROMPTS,
+        EntropyGate(threshold=0.0, max_consecutive=2),
+        HiddenLatent(),
+        10,
+    )
     for t, view in enumerate(gate.views):
         torch.testing.assert_close(view.logits, ref_logits[t], atol=1e-6, rtol=1e-6)
-    most = (looping.loops if looping and looping.loops else model.config.loops)
+    most = looping.loops if looping and looping.loops else model.config.loops
     for trace in traces:
         assert len(trace.extra["loops"]) == trace.n_steps
         assert all(1 <= n <= most for n in trace.extra["loops"])
@@ -170,17 +201,17 @@ def test_exit_decisions_on_constructed_distributions():
     same = dist(0.7, 0.1, 0.1, 0.1)
     # per row (B=4, T=1), logits after iterations 1..5
     rows = [
-        [same, same, same, same, same],                                   # converged at once
-        [dist(.7, .1, .1, .1), dist(.1, .7, .1, .1)] * 2 + [same],        # argmax flips every time
-        [dist(.4, .3, .2, .1), dist(.6, .2, .1, .1), same, same, same],   # converges at iteration 3
-        [dist(.7, .1, .1, .1), dist(.1, .1, .1, .7)] * 2 + [same],        # same entropy, different token
+        [same, same, same, same, same],  # converged at once
+        [dist(0.7, 0.1, 0.1, 0.1), dist(0.1, 0.7, 0.1, 0.1)] * 2 + [same],  # argmax flips every time
+        [dist(0.4, 0.3, 0.2, 0.1), dist(0.6, 0.2, 0.1, 0.1), same, same, same],  # converges at iteration 3
+        [dist(0.7, 0.1, 0.1, 0.1), dist(0.1, 0.1, 0.1, 0.7)] * 2 + [same],  # same entropy, different token
     ]
     per_iteration = [torch.stack([r[i] for r in rows])[:, None] for i in range(5)]  # each (4, 1, V)
     used = lambda cfg: loops_used(cfg, per_iteration)[:, 0].tolist()  # noqa: E731
     assert used(LoopConfig(exit="kl")) == [2, 5, 4, 5]
-    assert used(LoopConfig(exit="kl", epsilon=10.0)) == [2, 2, 2, 2]           # everything is close enough
-    assert used(LoopConfig(exit="entropy", epsilon=1e-6)) == [2, 2, 4, 2]      # a permutation keeps H
-    assert used(LoopConfig(exit="argmax")) == [2, 5, 2, 5]                     # row 2 keeps token 0
+    assert used(LoopConfig(exit="kl", epsilon=10.0)) == [2, 2, 2, 2]  # everything is close enough
+    assert used(LoopConfig(exit="entropy", epsilon=1e-6)) == [2, 2, 4, 2]  # a permutation keeps H
+    assert used(LoopConfig(exit="argmax")) == [2, 5, 2, 5]  # row 2 keeps token 0
     assert used(LoopConfig(exit="argmax", patience=2)) == [3, 5, 3, 5]
     assert used(LoopConfig(exit="kl", min_loops=3)) == [3, 5, 4, 5]
     assert parse_exit("kl:5e-4") == LoopConfig(exit="kl", epsilon=5e-4)
@@ -198,15 +229,21 @@ def test_loop_settings_appear_in_the_setting_only_when_used():
     plain = DecodeConfig()
     assert "loop" not in setting_of(gate, latent, plain) and setting_id(gate, latent, plain) == "token"
     adaptive = DecodeConfig(loop=parse_exit("kl:5e-4", loops=8))
-    assert setting_of(gate, latent, adaptive)["loop"] == {"loops": 8, "exit": "kl", "epsilon": 5e-4,
-                                                          "patience": 1, "min_loops": 1}
+    assert setting_of(gate, latent, adaptive)["loop"] == {
+        "loops": 8,
+        "exit": "kl",
+        "epsilon": 5e-4,
+        "patience": 1,
+        "min_loops": 1,
+    }
     assert setting_id(gate, latent, adaptive) == "token-loops8-kl0.0005"
     assert setting_id(gate, latent, DecodeConfig(loop=LoopConfig(loops=3))) == "token-loops3"
 
 
 def test_arch_specs_and_training_loop_draws():
     assert parse_arch_spec("looped:k=2,L=4,prelude=1,coda=1,inject=add,random=1,cos=0.1") == dict(
-        block_layers=2, loops=4, prelude=1, coda=1, inject="add", train_loops="uniform", cosine_weight=0.1)
+        block_layers=2, loops=4, prelude=1, coda=1, inject="add", train_loops="uniform", cosine_weight=0.1
+    )
     assert parse_arch_spec("looped:pos=learned") == dict(positions="learned")
     for bad in ("looped:k=0", "looped:q=1", "looped:inject=mul", "looped:L=x", "looped:pos=alibi"):
         with pytest.raises(InputError):
@@ -232,8 +269,24 @@ def test_cli_records_loops_per_step_and_refuses_them_on_plain_models(tmp_path, t
     looped(tokenizer, "looped:k=1,L=4,inject=add").save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     out = tmp_path / "run"
-    assert cli("run", "--model", model_dir, "--task", "addition:n=2,digits=1", "--limit", "3", "--exit", "kl:5e-4",
-               "--max-new-tokens", "6", "--out", out) == 0
+    assert (
+        cli(
+            "run",
+            "--model",
+            model_dir,
+            "--task",
+            "addition:n=2,digits=1",
+            "--limit",
+            "3",
+            "--exit",
+            "kl:5e-4",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            out,
+        )
+        == 0
+    )
     rows = records(out)
     assert len(rows) == 3
     for row in rows:
@@ -246,8 +299,22 @@ def test_cli_records_loops_per_step_and_refuses_them_on_plain_models(tmp_path, t
     assert "Loops per token" in (out / "report" / "summary.md").read_text()
     assert 'id="fig-loops_per_token"' in (out / "report" / "report.html").read_text()
     plain_out = tmp_path / "plain"
-    assert cli("run", "--model", model_dir, "--task", "addition:n=2,digits=1", "--limit", "2",
-               "--max-new-tokens", "4", "--out", plain_out) == 0
+    assert (
+        cli(
+            "run",
+            "--model",
+            model_dir,
+            "--task",
+            "addition:n=2,digits=1",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            plain_out,
+        )
+        == 0
+    )
     assert all(r["steps"]["loops"] == [4] * r["n_steps"] for r in records(plain_out))  # recorded without --loops too
     capsys.readouterr()
     refused = tmp_path / "refused"
@@ -263,8 +330,10 @@ def test_a_report_reads_a_looped_models_tokenizer_without_config_warnings(tmp_pa
 
     looped(tokenizer, "looped:k=1,L=2").save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    code = ("from latentcot.analysis.report import token_decoder; "
-            f"decode = token_decoder({{'model': {{'source': {str(tmp_path)!r}}}}}); print(decode(5))")
+    code = (
+        "from latentcot.analysis.report import token_decoder; "
+        f"decode = token_decoder({{'model': {{'source': {str(tmp_path)!r}}}}}); print(decode(5))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == tokenizer.decode([5])
     assert "model of type" not in done.stderr
@@ -272,17 +341,43 @@ def test_a_report_reads_a_looped_models_tokenizer_without_config_warnings(tmp_pa
 
 def test_train_a_looped_arch_through_the_cli(tmp_path, capsys):
     out, spec = tmp_path / "model", "looped:k=1,L=2,prelude=1,random=1,cos=0.1"
-    assert cli("train", "--task", "addition:n=2,digits=1,reverse=1", "--method", "nocot", "--arch", spec,
-               "--out", out, "--steps", "6", "--eval-every", "6", "--hidden", "32", "--heads", "2",
-               "--batch-size", "8", "--eval-examples", "8", "--test-examples", "8") == 0
+    assert (
+        cli(
+            "train",
+            "--task",
+            "addition:n=2,digits=1,reverse=1",
+            "--method",
+            "nocot",
+            "--arch",
+            spec,
+            "--out",
+            out,
+            "--steps",
+            "6",
+            "--eval-every",
+            "6",
+            "--hidden",
+            "32",
+            "--heads",
+            "2",
+            "--batch-size",
+            "8",
+            "--eval-examples",
+            "8",
+            "--test-examples",
+            "8",
+        )
+        == 0
+    )
     card = json.loads((out / "card.json").read_text())
     assert card["arch"] == "looped" and card["config"]["arch"] == spec
     model = AutoModelForCausalLM.from_pretrained(out)
     assert (model.config.loops, model.config.prelude, model.config.train_loops) == (2, 1, "uniform")
     assert model.config.cosine_weight == 0.1
     capsys.readouterr()
-    assert cli("train", "--task", "addition", "--method", "nocot", "--arch", "looped:k=0",
-               "--out", tmp_path / "bad") == 2
+    assert (
+        cli("train", "--task", "addition", "--method", "nocot", "--arch", "looped:k=0", "--out", tmp_path / "bad") == 2
+    )
     assert "block_layers" in capsys.readouterr().err
 
 
@@ -291,26 +386,43 @@ def test_loops_per_token_tables_by_domain():
     from latentcot.analysis.loops import loops_figure, loops_per_token, loops_summary
 
     def record(domain, example, loops):
-        return {"task_spec": "t", "setting_id": "token-loops-kl0.0005", "example_id": example, "domain": domain,
-                "n_steps": len(loops), "steps": {"mode": ["token"] * len(loops), "loops": loops}}
+        return {
+            "task_spec": "t",
+            "setting_id": "token-loops-kl0.0005",
+            "example_id": example,
+            "domain": domain,
+            "n_steps": len(loops),
+            "steps": {"mode": ["token"] * len(loops), "loops": loops},
+        }
 
-    steps = steps_frame([record("arithmetic", "a", [2, 2, 8]), record("arithmetic", "b", [8]),
-                         record("logic", "c", [3, 3, 3, 8])])
+    steps = steps_frame(
+        [record("arithmetic", "a", [2, 2, 8]), record("arithmetic", "b", [8]), record("logic", "c", [3, 3, 3, 8])]
+    )
     table = loops_per_token(steps)
     arithmetic = table[table["domain"] == "arithmetic"].set_index("loops")
     assert arithmetic["tokens"].to_dict() == {2: 2, 8: 2} and arithmetic["fraction"].to_dict() == {2: 0.5, 8: 0.5}
     summary = loops_summary(steps).set_index("domain")
     assert summary.loc["logic", "mean"] == 4.25 and summary.loc["logic", "max"] == 8
     assert len(loops_figure(table).axes) == 1
-    plain = steps_frame([{"task_spec": "t", "setting_id": "token", "example_id": "x", "domain": "d", "n_steps": 1,
-                          "steps": {"mode": ["token"]}}])
+    plain = steps_frame(
+        [
+            {
+                "task_spec": "t",
+                "setting_id": "token",
+                "example_id": "x",
+                "domain": "d",
+                "n_steps": 1,
+                "steps": {"mode": ["token"]},
+            }
+        ]
+    )
     assert loops_per_token(plain).empty and loops_summary(plain).empty
 
 
 def test_engine_token_mode_reproduces_hf_generate_on_a_looped_model(tokenizer):
     model = looped(tokenizer, "looped:k=2,L=3,prelude=1,inject=add")
     enc = batch(tokenizer)
-    hf = model.generate(**enc, max_new_tokens=12, do_sample=False)[:, enc["input_ids"].shape[1]:]
+    hf = model.generate(**enc, max_new_tokens=12, do_sample=False)[:, enc["input_ids"].shape[1] :]
     traces = Engine(model, tokenizer).generate(PROMPTS, TokenGate(), HiddenLatent(), DecodeConfig(max_new_tokens=12))
     for trace, ref in zip(traces, hf.tolist()):
         assert trace.token_id == ref[: trace.n_steps] and trace.extra["loops"] == [3] * trace.n_steps

@@ -1,4 +1,5 @@
 """The helpers of benchmarks/looped_exit.py that turn records into per-token roles and difficulty groups."""
+
 import importlib.util
 from pathlib import Path
 
@@ -22,7 +23,14 @@ def test_roles_of_character_tokens(script):
 
 def test_roles_of_word_pieces_put_the_leading_space_with_the_first_digit(script):
     assert script.roles(["12", "\n", "Answer", ":", " 3", "1", ""]) == [
-        "before answer", "before answer", "before answer", "before answer", "answer[0]", "answer[1]", "end"]
+        "before answer",
+        "before answer",
+        "before answer",
+        "before answer",
+        "answer[0]",
+        "answer[1]",
+        "end",
+    ]
 
 
 def test_roles_use_the_last_answer_prefix_and_need_one(script):
@@ -39,13 +47,13 @@ def test_carried_adds_the_carries_out_of_every_column(script, question, reverse)
 
 def test_carried_counts_the_size_of_carries_and_knows_other_tasks(script):
     assert script._carried("12 + 30 + 41 =", False) == 0
-    assert script._carried("99 + 99 + 99 + 99 =", False) == 6   # units 36 carry 3; tens 36 + 3 = 39 carry 3
+    assert script._carried("99 + 99 + 99 + 99 =", False) == 6  # units 36 carry 3; tens 36 + 3 = 39 carry 3
     assert script._group("Is Tom a wumpus or a zumpus?", False) == "all"
 
 
 def test_answer_tokens_are_checked_at_their_offset(script):
     assert script.token_correct("answer[1]", "0", "203") == 1.0
-    assert script.token_correct("answer[0]", " 2", "203") == 1.0   # a word piece with its leading space
+    assert script.token_correct("answer[0]", " 2", "203") == 1.0  # a word piece with its leading space
     assert script.token_correct("answer[2]", "9", "203") == 0.0
     assert script.token_correct("before answer", "A", "203") != script.token_correct("before answer", "A", "203")
 

@@ -1,4 +1,5 @@
 """Loading checkpoints from disk, and the one-line errors for what can go wrong."""
+
 from __future__ import annotations
 
 import shutil
@@ -47,8 +48,14 @@ def test_directory_without_config(tmp_path):
 
 
 def test_non_causal_model_is_refused(tmp_path, tokenizer):
-    config = AutoConfig.for_model("bert", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=64)
+    config = AutoConfig.for_model(
+        "bert",
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     AutoModelForMaskedLM.from_config(config).save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     with pytest.raises(InputError, match=r"\(bert\) is not a causal language model"):

@@ -1,4 +1,5 @@
 """--repeat-layers: a range of a pretrained model's layers applied r times, each application with its own cache slot."""
+
 from __future__ import annotations
 
 import copy
@@ -7,6 +8,7 @@ import json
 import pytest
 import torch
 
+from conftest import INIT_STD
 from latentcot.config import DecodeConfig, ModelConfig
 from latentcot.engine import Engine
 from latentcot.errors import InputError
@@ -15,8 +17,6 @@ from latentcot.latent import HiddenLatent
 from latentcot.model import load_model
 from latentcot.repeat import parse_range, repeat_layers
 from latentcot.zoo.tiny import ARCHITECTURES, tiny_model
-
-from conftest import INIT_STD
 from test_cli import cli, records
 from test_engine import PROMPTS, Recording, reference_decode
 
@@ -29,7 +29,7 @@ def explicit(arch, tokenizer, model, order):
     source, prefix, state = model.state_dict(), PREFIX[arch], {}
     for key in deeper.state_dict():
         if key.startswith(prefix):
-            index, rest = key[len(prefix):].split(".", 1)
+            index, rest = key[len(prefix) :].split(".", 1)
             key_from = f"{prefix}{order[int(index)]}.{rest}"
         else:
             key_from = key
@@ -55,8 +55,9 @@ def test_repeats_1_is_identity_and_2_equals_the_explicit_deeper_model(models, to
         assert repeated.config.num_hidden_layers == len(order)
         n_params = sum(p.numel() for p in repeated.parameters())
         assert n_params == sum(p.numel() for p in base.parameters())  # references, not copies
-        torch.testing.assert_close(logits(repeated, enc), logits(explicit(arch, tokenizer, base, order), enc),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            logits(repeated, enc), logits(explicit(arch, tokenizer, base, order), enc), atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -64,8 +65,9 @@ def test_cached_decoding_of_a_repeated_model_matches_recomputation(models64, tok
     model = repeat_layers(copy.deepcopy(models64[arch]), 1, 2, 3)
     gate = Recording(EntropyGate(threshold=0.0, max_consecutive=2))
     Engine(model, tokenizer).generate(PROMPTS, gate, HiddenLatent(), DecodeConfig(max_new_tokens=8))
-    ref_logits, _ = reference_decode(model, tokenizer, PROMPTS, EntropyGate(threshold=0.0, max_consecutive=2),
-                                     HiddenLatent(), 8)
+    ref_logits, _ = reference_decode(
+        model, tokenizer, PROMPTS, EntropyGate(threshold=0.0, max_consecutive=2), HiddenLatent(), 8
+    )
     for t, view in enumerate(gate.views):
         torch.testing.assert_close(view.logits, ref_logits[t], atol=1e-6, rtol=1e-6)
 
@@ -83,8 +85,26 @@ def test_bad_ranges_are_input_errors(models):
 
 def test_cli_repeat_layers_runs_and_refuses_bad_ranges(tmp_path, saved_model, capsys):
     out = tmp_path / "run"
-    assert cli("run", "--model", saved_model, "--task", "addition:n=2,digits=1", "--limit", "2",
-               "--max-new-tokens", "4", "--repeat-layers", "0:2", "--repeats", "2", "--out", out) == 0
+    assert (
+        cli(
+            "run",
+            "--model",
+            saved_model,
+            "--task",
+            "addition:n=2,digits=1",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--repeat-layers",
+            "0:2",
+            "--repeats",
+            "2",
+            "--out",
+            out,
+        )
+        == 0
+    )
     assert len(records(out)) == 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["repeat_layers"] == [0, 2, 2]

@@ -1,4 +1,5 @@
 """A sweep killed with SIGKILL and resumed ends with exactly the records of an uninterrupted run."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,30 @@ pytestmark = pytest.mark.slow
 
 
 def sweep_command(model, out):
-    return [sys.executable, "-m", "latentcot", "sweep", "--model", str(model), "--task", "addition:n=2,digits=1",
-            "--task", "addition:n=3,digits=1", "--limit", "8", "--thresholds", "2.8:3.6:0.2", "--latent", "soft",
-            "--max-new-tokens", "24", "--batch-size", "1", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "latentcot",
+        "sweep",
+        "--model",
+        str(model),
+        "--task",
+        "addition:n=2,digits=1",
+        "--task",
+        "addition:n=3,digits=1",
+        "--limit",
+        "8",
+        "--thresholds",
+        "2.8:3.6:0.2",
+        "--latent",
+        "soft",
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 def line_count(path) -> int:
@@ -28,8 +50,9 @@ def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path, sav
     total = 2 * 8 * (5 + 2)
     killed = tmp_path / "killed"
     samples = killed / "samples.jsonl"
-    proc = subprocess.Popen(sweep_command(saved_model, killed), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        sweep_command(saved_model, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while line_count(samples) < total // 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -40,16 +63,17 @@ def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path, sav
     assert 0 < partial < total
     assert json.loads((killed / "manifest.json").read_text())["finished_at"] is None
 
-    resumed = subprocess.run(sweep_command(saved_model, killed) + ["--resume"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        sweep_command(saved_model, killed) + ["--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     whole = tmp_path / "whole"
     straight = subprocess.run(sweep_command(saved_model, whole), env=env, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
 
-    rows = [json.loads(line) for line in samples.read_text().splitlines()]   # every line valid JSON
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]  # every line valid JSON
     keys = [(r["task_spec"], r["setting_id"], r["example_id"]) for r in rows]
-    assert len(keys) == len(set(keys)) == total                              # each pair exactly once
-    assert samples.read_bytes() == (whole / "samples.jsonl").read_bytes()    # and the same records
+    assert len(keys) == len(set(keys)) == total  # each pair exactly once
+    assert samples.read_bytes() == (whole / "samples.jsonl").read_bytes()  # and the same records
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["finished_at"] and len(manifest["resumed_at"]) == 1

@@ -1,4 +1,5 @@
 """The run directory: append-only records, torn lines, resume rules."""
+
 from __future__ import annotations
 
 import json
@@ -78,13 +79,16 @@ def test_a_torn_tail_that_parses_as_json_is_still_not_a_record(tmp_path):
     assert read_samples(run) == [record(0), record(2)]
 
 
-@pytest.mark.parametrize("bad_line,message", [
-    (b"{oops", "malformed record: Expecting property name enclosed in double quotes"),
-    (b"", "malformed record: Expecting value"),
-    (b"null", "malformed record: expected a JSON object"),
-    (b"[1, 2]", "malformed record: expected a JSON object"),
-    (b'{"a": "\xff"}', "malformed record: not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "bad_line,message",
+    [
+        (b"{oops", "malformed record: Expecting property name enclosed in double quotes"),
+        (b"", "malformed record: Expecting value"),
+        (b"null", "malformed record: expected a JSON object"),
+        (b"[1, 2]", "malformed record: expected a JSON object"),
+        (b'{"a": "\xff"}', "malformed record: not UTF-8 text"),
+    ],
+)
 def test_a_bad_complete_line_names_its_line_and_keeps_the_message(tmp_path, bad_line, message):
     run = tmp_path / "run"
     run.mkdir()
@@ -97,8 +101,10 @@ def test_a_bad_complete_line_names_its_line_and_keeps_the_message(tmp_path, bad_
 
 
 def test_records_are_written_exactly_as_json_dumps_wrote_them(tmp_path):
-    records = [{**record(0), "completion": "x ⟨latent⟩ 42 — ünïcode ✓", "entropy": [0.5, float("nan")]},
-               {**record(1), "prompt": "line\u2028separator and \x85 and \r\n inside"}]
+    records = [
+        {**record(0), "completion": "x ⟨latent⟩ 42 — ünïcode ✓", "entropy": [0.5, float("nan")]},
+        {**record(1), "prompt": "line\u2028separator and \x85 and \r\n inside"},
+    ]
     with RunStore.open(tmp_path / "run", {"config": {}}) as store:
         for r in records:
             store.append(r)

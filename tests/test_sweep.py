@@ -1,4 +1,5 @@
 """`latentcot sweep`: threshold grids, baselines, per-domain maps, determinism, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,18 @@ from latentcot.analysis import load_run
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig
 from latentcot.errors import InputError
 from latentcot.grid import parse_thresholds, read_threshold_map, sweep_settings
-
 from test_cli import cli, records
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("0,0.5,1", [0.0, 0.5, 1.0]),
-    ("1, 0.5,0.5", [0.5, 1.0]),                       # sorted, duplicates dropped
-    ("0:1:0.25", [0.0, 0.25, 0.5, 0.75, 1.0]),        # stop included
-    ("0.5:0.5:1", [0.5]),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("0,0.5,1", [0.0, 0.5, 1.0]),
+        ("1, 0.5,0.5", [0.5, 1.0]),  # sorted, duplicates dropped
+        ("0:1:0.25", [0.0, 0.25, 0.5, 0.75, 1.0]),  # stop included
+        ("0.5:0.5:1", [0.5]),
+    ],
+)
 def test_threshold_specs(spec, expected):
     assert parse_thresholds(spec) == expected
 
@@ -30,17 +33,20 @@ def test_threshold_range_has_no_float_drift():
     assert values == [round(i / 10, 10) for i in range(31)]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("0:3", "expected start:stop:step"),
-    ("0:3:0", "step must be > 0"),
-    ("3:0:1", "stop is below start"),
-    ("0:1:1e-6", "at most 1000"),
-    ("0,-1", "threshold must be a number >= 0"),
-    ("0,nan", "threshold must be a number >= 0"),
-    ("0,inf", "threshold must be a number >= 0"),
-    ("a,b", "not a number"),
-    (",", "no thresholds"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("0:3", "expected start:stop:step"),
+        ("0:3:0", "step must be > 0"),
+        ("3:0:1", "stop is below start"),
+        ("0:1:1e-6", "at most 1000"),
+        ("0,-1", "threshold must be a number >= 0"),
+        ("0,nan", "threshold must be a number >= 0"),
+        ("0,inf", "threshold must be a number >= 0"),
+        ("a,b", "not a number"),
+        (",", "no thresholds"),
+    ],
+)
 def test_bad_threshold_specs(spec, message):
     with pytest.raises(InputError, match=message):
         parse_thresholds(spec)
@@ -51,8 +57,12 @@ def test_k_thresholds_give_k_plus_2_settings_and_unique_ids():
     one = sweep_settings([0.5, 1.0, 2.0], [LatentConfig("soft")], decode)
     assert [s.gate.kind for s in one] == ["token", "latent", "entropy", "entropy", "entropy"]
     assert [s.gate.threshold for s in one[2:]] == [0.5, 1.0, 2.0]
-    two = sweep_settings([0.5, 1.0], [LatentConfig("soft"), LatentConfig("hidden"), LatentConfig("soft")], decode,
-                         threshold_map={"logic": 0.2, "*": 1.0})
+    two = sweep_settings(
+        [0.5, 1.0],
+        [LatentConfig("soft"), LatentConfig("hidden"), LatentConfig("soft")],
+        decode,
+        threshold_map={"logic": 0.2, "*": 1.0},
+    )
     assert len(two) == 1 + 2 * (1 + 2 + 1)
     assert len({s.id for s in two}) == len(two)
     with pytest.raises(InputError, match="needs thresholds"):
@@ -87,16 +97,30 @@ def test_threshold_map_file_errors_name_the_file(tmp_path):
 def syllogisms(tmp_path_factory):
     """A generic-format dataset of another domain (short prompts: the tiny model's context is 512)."""
     path = tmp_path_factory.mktemp("data") / "syllogisms.jsonl"
-    rows = [{"question": f"Every {a} is a {b}. Tom is a {a}. Is Tom a {b}?", "answer": "True", "domain": "logic"}
-            for a, b in [("cat", "pet"), ("fox", "dog"), ("elm", "tree")]]
+    rows = [
+        {"question": f"Every {a} is a {b}. Tom is a {a}. Is Tom a {b}?", "answer": "True", "domain": "logic"}
+        for a, b in [("cat", "pet"), ("fox", "dog"), ("elm", "tree")]
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 @pytest.fixture(scope="module")
 def sweep_args(syllogisms):
-    return ["--task", "addition:n=2,digits=1", "--task", syllogisms, "--limit", "3", "--latent", "soft",
-            "--max-new-tokens", "10", "--batch-size", "2"]
+    return [
+        "--task",
+        "addition:n=2,digits=1",
+        "--task",
+        syllogisms,
+        "--limit",
+        "3",
+        "--latent",
+        "soft",
+        "--max-new-tokens",
+        "10",
+        "--batch-size",
+        "2",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +135,19 @@ def test_sweep_records_every_example_setting_pair_once(swept):
     keys = [(r["task_spec"], r["setting_id"], r["example_id"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 * 3 * (3 + 2)
     settings = {r["setting_id"]: r["setting"] for r in rows}
-    assert sorted(settings) == sorted(["token", "latent-soft-lt1", "entropy-2.5nats-soft-lt1",
-                                       "entropy-3nats-soft-lt1", "entropy-3.5nats-soft-lt1"])
+    assert sorted(settings) == sorted(
+        ["token", "latent-soft-lt1", "entropy-2.5nats-soft-lt1", "entropy-3nats-soft-lt1", "entropy-3.5nats-soft-lt1"]
+    )
     by_setting = {sid: [r for r in rows if r["setting_id"] == sid] for sid in settings}
     assert all(r["n_latent"] == 0 for r in by_setting["token"])
     assert all(r["n_latent"] == r["n_steps"] > 0 for r in by_setting["latent-soft-lt1"])
     # a higher threshold never makes a row take more latent steps at its first step
     first_latent = {sid: sum(r["steps"]["mode"][0] == "latent" for r in rs) for sid, rs in by_setting.items()}
-    assert first_latent["entropy-2.5nats-soft-lt1"] >= first_latent["entropy-3nats-soft-lt1"] \
+    assert (
+        first_latent["entropy-2.5nats-soft-lt1"]
+        >= first_latent["entropy-3nats-soft-lt1"]
         >= first_latent["entropy-3.5nats-soft-lt1"]
+    )
     manifest = json.loads((swept / "manifest.json").read_text())
     assert len(manifest["config"]["settings"]) == 5 and manifest["config"]["measure"] == []
 
@@ -127,8 +155,9 @@ def test_sweep_records_every_example_setting_pair_once(swept):
 def test_sweep_frames_have_what_analysis_needs(swept):
     run = load_run(swept)
     assert len(run.samples) == 30 and len(run.steps) == run.samples["n_steps"].sum()
-    summary = run.samples.groupby(["domain", "setting_id"]).agg(accuracy=("correct", "mean"),
-                                                                 latent=("latent_fraction", "mean"))
+    summary = run.samples.groupby(["domain", "setting_id"]).agg(
+        accuracy=("correct", "mean"), latent=("latent_fraction", "mean")
+    )
     assert set(summary.index.get_level_values("domain")) == {"arithmetic", "logic"}
     assert summary["latent"].between(0, 1).all()
     assert {"gate", "threshold", "unit", "latent"} <= set(run.samples.columns)

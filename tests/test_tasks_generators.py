@@ -3,6 +3,7 @@
 Each checker below re-derives the answer from the *question text* with its own parsing and
 search, sharing no code with the generator it checks.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,15 @@ from latentcot.errors import InputError
 from latentcot.tasks import load_task
 from latentcot.tasks.base import split_of
 
-SPECS = ["addition", "addition:n=3,digits=2,reverse=1", "phop", "igsm", "prosqa",
-         "prosqa:hops=2,dead=0,distract=1,extra=0", "prontoqa"]
+SPECS = [
+    "addition",
+    "addition:n=3,digits=2,reverse=1",
+    "phop",
+    "igsm",
+    "prosqa",
+    "prosqa:hops=2,dead=0,distract=1,extra=0",
+    "prontoqa",
+]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -67,6 +75,7 @@ def test_tiny_problem_space_fails_with_a_clear_error_instead_of_looping():
 
 # ----------------------------------------------------------------- addition
 
+
 @pytest.mark.parametrize("n,digits,reverse", [(4, 3, 0), (8, 3, 0), (3, 2, 1), (2, 5, 1)])
 def test_addition_answers_equal_python_sum(n, digits, reverse):
     task = load_task(f"addition:n={n},digits={digits},reverse={reverse}")
@@ -97,6 +106,7 @@ def test_addition_reverse_writes_least_significant_digit_first():
 
 # ----------------------------------------------------------------- phop
 
+
 def _phop_reference(symbols: list[str], hops: int) -> list[int]:
     """Independent p-hop: a forward pass records, for every position, the latest earlier
     position holding the same symbol; hops then follow that table."""
@@ -112,8 +122,7 @@ def _phop_reference(symbols: list[str], hops: int) -> list[int]:
     return path
 
 
-@pytest.mark.parametrize("spec,p", [("phop", 3), ("phop:n=40,p=6,alphabet=3", 6),
-                                    ("phop:n=16,p=1,alphabet=8", 1)])
+@pytest.mark.parametrize("spec,p", [("phop", 3), ("phop:n=40,p=6,alphabet=3", 6), ("phop:n=16,p=1,alphabet=8", 1)])
 def test_phop_answers_match_an_independent_hopper(spec, p):
     for example in load_task(spec).examples("test", 40, 0):
         symbols = re.match(r"Sequence: ([a-z ]+)\. ", example.question).group(1).split()
@@ -149,8 +158,11 @@ def _igsm_parse(question: str):
 def _igsm_eval(definitions, mod, name, memo):
     if name not in memo:
         d = definitions[name]
-        memo[name] = d if isinstance(d, int) else _OPS[d[1]](
-            _igsm_eval(definitions, mod, d[0], memo), _igsm_eval(definitions, mod, d[2], memo)) % mod
+        memo[name] = (
+            d
+            if isinstance(d, int)
+            else _OPS[d[1]](_igsm_eval(definitions, mod, d[0], memo), _igsm_eval(definitions, mod, d[2], memo)) % mod
+        )
     return memo[name]
 
 
@@ -180,7 +192,8 @@ def test_igsm_answers_match_an_independent_evaluator(ops, distractors, mod):
         known = {n for n in closure if isinstance(definitions[n], int)}
         for step in example.steps:  # a valid evaluation order with correct values
             name, a, op, b, va, vb, value = re.fullmatch(
-                r"(\S+) = (\S+) ([-+*]) (\S+) = (\d+) \3 (\d+) = (\d+)", step).groups()
+                r"(\S+) = (\S+) ([-+*]) (\S+) = (\d+) \3 (\d+) = (\d+)", step
+            ).groups()
             assert {a, b} <= known and definitions[name] == (a, op, b)
             assert (int(va), int(vb), int(value)) == (values[a], values[b], values[name])
             known.add(name)
@@ -188,12 +201,14 @@ def test_igsm_answers_match_an_independent_evaluator(ops, distractors, mod):
 
 
 def test_igsm_more_ops_means_deeper_dependency_chains():
-    depths = {ops: mean(e.meta["depth"] for e in load_task(f"igsm:ops={ops}").examples("test", 60, 0))
-              for ops in (2, 6, 12)}
+    depths = {
+        ops: mean(e.meta["depth"] for e in load_task(f"igsm:ops={ops}").examples("test", 60, 0)) for ops in (2, 6, 12)
+    }
     assert depths[2] < depths[6] < depths[12]
 
 
 # ----------------------------------------------------------------- prosqa
+
 
 def _prosqa_parse(question: str):
     person = re.search(r" Is (\w+) a (\w+) or (\w+)\?$", question)
@@ -215,8 +230,10 @@ def _bfs(graph, start):
     return dist
 
 
-@pytest.mark.parametrize("spec,hops", [("prosqa", 3), ("prosqa:hops=5,dead=3,distract=3,extra=6", 5),
-                                       ("prosqa:hops=2,dead=0,distract=1,extra=0", 2)])
+@pytest.mark.parametrize(
+    "spec,hops",
+    [("prosqa", 3), ("prosqa:hops=5,dead=3,distract=3,extra=6", 5), ("prosqa:hops=2,dead=0,distract=1,extra=0", 2)],
+)
 def test_prosqa_answers_match_an_independent_graph_search(spec, hops):
     for example in load_task(spec).examples("test", 40, 0):
         person, options, graph = _prosqa_parse(example.question)
@@ -239,8 +256,7 @@ def test_prosqa_meta_is_the_coconut_graph_of_the_question():
         names = m["idx_to_symbol"]
         person, _, graph = _prosqa_parse(example.question)
         assert names[m["root"]] == person
-        assert {(names[u], names[v]) for u, v in m["edges"]} == {
-            (a, b) for a, bs in graph.items() for b in bs}
+        assert {(names[u], names[v]) for u, v in m["edges"]} == {(a, b) for a, bs in graph.items() for b in bs}
         assert example.answer == f"{person} is a {names[m['target']]}."
         assert names[m["neg_target"]] in example.question.rsplit("Is", 1)[1]
 
@@ -252,14 +268,14 @@ def test_prosqa_small_parameter_set_gives_three_facts():
 
 # ----------------------------------------------------------------- prontoqa
 
+
 def _pronto_truth(question: str) -> tuple[bool, int]:
     """Follow 'is a' links from the person until a category with a property fact; returns the
     truth of the queried statement and the number of rules applied."""
     person, polarity, adjective = re.search(r"True or false: (\w+) is (not )?(\w+)\.$", question).groups()
     category = re.search(rf"{person} is a (\w+)\.", question).group(1)
     parents = dict(re.findall(r"Every (\w+) is a (\w+)\.", question))
-    props = {c: not neg for c, neg, adj in re.findall(r"Every (\w+) is (not )?(\w+)\.", question)
-             if adj == adjective}
+    props = {c: not neg for c, neg, adj in re.findall(r"Every (\w+) is (not )?(\w+)\.", question) if adj == adjective}
     rules = 0
     while category not in props:
         category, rules = parents[category], rules + 1
@@ -286,19 +302,23 @@ def test_prontoqa_distractors_state_the_opposite_property():
 
 # ----------------------------------------------------------------- parameters
 
-@pytest.mark.parametrize("spec,message", [
-    ("addition:x=1", "unknown parameter 'x' for task addition; valid keys: n, digits, reverse"),
-    ("addition:n=two", "bad value for addition:n: 'two' is not an integer"),
-    ("addition:n=1", "bad value for addition:n: 1; expected an integer from 2 to 64"),
-    ("addition:reverse=2", "addition:reverse"),
-    ("phop:p=10,n=5", "bad value for phop:n: 5; expected an integer from 12 to 4096"),
-    ("igsm:mod=1", "igsm:mod"),
-    ("prosqa:distract=0", "prosqa:distract"),
-    ("prontoqa:hops=0", "prontoqa:hops"),
-    ("prontoqa:steps=3", "valid keys: hops, distractors"),
-    ("addition:n", "bad task parameter 'n' in 'addition:n'; expected key=value"),
-    ("addition:n=2,n=3", "given twice"),
-])
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("addition:x=1", "unknown parameter 'x' for task addition; valid keys: n, digits, reverse"),
+        ("addition:n=two", "bad value for addition:n: 'two' is not an integer"),
+        ("addition:n=1", "bad value for addition:n: 1; expected an integer from 2 to 64"),
+        ("addition:reverse=2", "addition:reverse"),
+        ("phop:p=10,n=5", "bad value for phop:n: 5; expected an integer from 12 to 4096"),
+        ("igsm:mod=1", "igsm:mod"),
+        ("prosqa:distract=0", "prosqa:distract"),
+        ("prontoqa:hops=0", "prontoqa:hops"),
+        ("prontoqa:steps=3", "valid keys: hops, distractors"),
+        ("addition:n", "bad task parameter 'n' in 'addition:n'; expected key=value"),
+        ("addition:n=2,n=3", "given twice"),
+    ],
+)
 def test_bad_parameters_are_input_errors(spec, message):
     with pytest.raises(InputError) as caught:
         load_task(spec)
@@ -306,13 +326,16 @@ def test_bad_parameters_are_input_errors(spec, message):
     assert caught.value.where is None
 
 
-@pytest.mark.parametrize("knob,values,depth", [
-    ("addition:n", (2, 5, 9), lambda e: len(e.steps)),
-    ("phop:p", (1, 4, 7), lambda e: len(e.meta["positions"]) - 1),
-    ("prosqa:hops", (1, 3, 6), lambda e: len(e.steps)),
-    ("prontoqa:hops", (2, 5, 9), lambda e: len(e.steps)),
-    ("igsm:ops", (1, 5, 10), lambda e: len(e.steps)),
-])
+@pytest.mark.parametrize(
+    "knob,values,depth",
+    [
+        ("addition:n", (2, 5, 9), lambda e: len(e.steps)),
+        ("phop:p", (1, 4, 7), lambda e: len(e.meta["positions"]) - 1),
+        ("prosqa:hops", (1, 3, 6), lambda e: len(e.steps)),
+        ("prontoqa:hops", (2, 5, 9), lambda e: len(e.steps)),
+        ("igsm:ops", (1, 5, 10), lambda e: len(e.steps)),
+    ],
+)
 def test_depth_knobs_set_the_number_of_reasoning_steps(knob, values, depth):
     name, key = knob.split(":")
     for value in values:

@@ -1,16 +1,15 @@
 """The registry, task specs, and the shipped prompt templates."""
+
 from __future__ import annotations
 
 import dataclasses
-
 import json
+from importlib import resources
 
 import pytest
 
 from latentcot.tasks import TASKS, Task, list_tasks, load_prompt_file, load_task, parse_task_spec
 from latentcot.tasks.extract import extract_answer
-from importlib import resources
-
 from latentcot.tasks.io import PROMPTS_PACKAGE
 
 DOMAINS = ("arithmetic", "multi-hop", "math-word", "planning", "logic", "generic")
@@ -19,8 +18,12 @@ DOMAINS = ("arithmetic", "multi-hop", "math-word", "planning", "logic", "generic
 def test_list_tasks_names_domains_and_one_line_descriptions():
     rows = list_tasks()
     assert [(name, domain) for name, domain, _ in rows] == [
-        ("addition", "arithmetic"), ("phop", "multi-hop"), ("igsm", "math-word"),
-        ("prosqa", "planning"), ("prontoqa", "logic")]
+        ("addition", "arithmetic"),
+        ("phop", "multi-hop"),
+        ("igsm", "math-word"),
+        ("prosqa", "planning"),
+        ("prontoqa", "logic"),
+    ]
     for _, _, description in rows:
         assert "\n" not in description and description.strip()
     assert rows[0][2].endswith("[n=4,digits=3,reverse=0]")
@@ -31,11 +34,14 @@ def test_registry_is_read_only():
         TASKS["mine"] = object  # type: ignore[index]
 
 
-@pytest.mark.parametrize("spec,expected", [
-    ("addition", ("addition", {})),
-    ("addition:n=8,digits=3", ("addition", {"n": "8", "digits": "3"})),
-    (" addition : n = 8 , ", ("addition", {"n": "8"})),
-])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("addition", ("addition", {})),
+        ("addition:n=8,digits=3", ("addition", {"n": "8", "digits": "3"})),
+        (" addition : n = 8 , ", ("addition", {"n": "8"})),
+    ],
+)
 def test_parse_spec(spec, expected):
     assert parse_task_spec(spec) == expected
 
@@ -66,10 +72,16 @@ def test_shipped_templates_load_and_their_few_shot_answers_are_strictly_extracte
         assert extract_answer(shot.solution, (template.answer_prefix,), "text").strategy == "strict"
 
 
-@pytest.mark.parametrize("spec,asked", [
-    ("addition", "Answer: <number>"), ("phop", "Answer: <answer>"), ("igsm", "#### <number>"),
-    ("prosqa", "Answer: <name> is a <category>."), ("prontoqa", "Answer: True or Answer: False"),
-])
+@pytest.mark.parametrize(
+    "spec,asked",
+    [
+        ("addition", "Answer: <number>"),
+        ("phop", "Answer: <answer>"),
+        ("igsm", "#### <number>"),
+        ("prosqa", "Answer: <name> is a <category>."),
+        ("prontoqa", "Answer: True or Answer: False"),
+    ],
+)
 def test_each_task_prompt_asks_for_its_answer_format(spec, asked):
     task = load_task(spec)
     example = task.examples("test", 1, 0)[0]

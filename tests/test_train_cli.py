@@ -1,5 +1,6 @@
 """`latentcot train` on the command line: options generated from TrainConfig, the typed command on
 the card, bad input refused before anything is written, --save-dtype applied on --resume."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,20 +10,63 @@ import pytest
 import torch
 import typer
 from safetensors import safe_open
-from test_cli import cli
 
 from latentcot import cli as cli_module
 from latentcot.zoo import train as zoo_train
 from latentcot.zoo.data import PROMPT_FILE, TrainConfig, write_prompt_file
+from test_cli import cli
 
 # The options `latentcot train` had when they were declared by hand, plus two optimizer settings that
 # only TrainConfig had (dropout, dtype and reset_optimizer stay off the command line).
-OPTIONS = {"--task", "-t", "--method", "--out", "-o", "--init", "--steps", "--arch", "--hidden", "--layers", "--heads",
-           "--tokenizer", "--lr", "--warmup", "--decay", "--batch-size", "--c", "--max-stage", "--start-stage",
-           "--mix-prob", "--eval-every", "--eval-examples", "--test-examples", "--seed", "--device", "--save-dtype",
-           "--resume", "--weight-decay", "--grad-clip"}
-TINY = ["--steps", "2", "--eval-every", "2", "--batch-size", "4", "--eval-examples", "2", "--test-examples", "2",
-        "--hidden", "32", "--layers", "1", "--heads", "2"]
+OPTIONS = {
+    "--task",
+    "-t",
+    "--method",
+    "--out",
+    "-o",
+    "--init",
+    "--steps",
+    "--arch",
+    "--hidden",
+    "--layers",
+    "--heads",
+    "--tokenizer",
+    "--lr",
+    "--warmup",
+    "--decay",
+    "--batch-size",
+    "--c",
+    "--max-stage",
+    "--start-stage",
+    "--mix-prob",
+    "--eval-every",
+    "--eval-examples",
+    "--test-examples",
+    "--seed",
+    "--device",
+    "--save-dtype",
+    "--resume",
+    "--weight-decay",
+    "--grad-clip",
+}
+TINY = [
+    "--steps",
+    "2",
+    "--eval-every",
+    "2",
+    "--batch-size",
+    "4",
+    "--eval-examples",
+    "2",
+    "--test-examples",
+    "2",
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+]
 
 
 def _train_command():
@@ -53,22 +97,61 @@ def test_options_build_the_config_and_the_card_records_the_command_as_typed(tmp_
 
     monkeypatch.setattr(zoo_train, "train", fake_train)
     out = tmp_path / "m"
-    assert cli("train", "-t", "addition:n=2,digits=1", "--method", "cot", "-o", out, "--max-stage", "3",
-               "--lr", "0.01", "--batch-size", "8", "--weight-decay", "0", "--resume") == 0
-    assert seen["cfg"] == TrainConfig(task="addition:n=2,digits=1", method="cot", max_stage=3, lr=0.01, batch_size=8,
-                                      weight_decay=0.0)
+    assert (
+        cli(
+            "train",
+            "-t",
+            "addition:n=2,digits=1",
+            "--method",
+            "cot",
+            "-o",
+            out,
+            "--max-stage",
+            "3",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "8",
+            "--weight-decay",
+            "0",
+            "--resume",
+        )
+        == 0
+    )
+    assert seen["cfg"] == TrainConfig(
+        task="addition:n=2,digits=1", method="cot", max_stage=3, lr=0.01, batch_size=8, weight_decay=0.0
+    )
     assert seen["out"] == out and seen["resume"] is True
-    assert seen["argv"] == ["latentcot", "train", "--task", "addition:n=2,digits=1", "--method", "cot", "--out",
-                            str(out), "--resume", "--lr", "0.01", "--weight-decay", "0.0", "--batch-size", "8",
-                            "--max-stage", "3"]
+    assert seen["argv"] == [
+        "latentcot",
+        "train",
+        "--task",
+        "addition:n=2,digits=1",
+        "--method",
+        "cot",
+        "--out",
+        str(out),
+        "--resume",
+        "--lr",
+        "0.01",
+        "--weight-decay",
+        "0.0",
+        "--batch-size",
+        "8",
+        "--max-stage",
+        "3",
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lr", "fast"], "Invalid value for '--lr'"),
-    (["--decay", "linear"], "unknown lr decay 'linear'"),
-    (["--hidden", "30", "--heads", "4"], "hidden 30 is not divisible by heads 4"),
-    (["--reset-optimizer"], "No such option: --reset-optimizer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "fast"], "Invalid value for '--lr'"),
+        (["--decay", "linear"], "unknown lr decay 'linear'"),
+        (["--hidden", "30", "--heads", "4"], "hidden 30 is not divisible by heads 4"),
+        (["--reset-optimizer"], "No such option: --reset-optimizer"),
+    ],
+)
 def test_a_bad_option_is_one_line_and_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "m"
     assert cli("train", "--task", "addition", "--method", "cot", "--out", out, *args) == 2
@@ -77,10 +160,13 @@ def test_a_bad_option_is_one_line_and_nothing_written(tmp_path, capsys, args, me
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bad, where", [
-    ("", "data.jsonl: no examples in file"),
-    ('{"question": "1 + 2 ="}\n', "data.jsonl:1: missing field 'answer'"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ("", "data.jsonl: no examples in file"),
+        ('{"question": "1 + 2 ="}\n', "data.jsonl:1: missing field 'answer'"),
+    ],
+)
 def test_a_bad_task_file_writes_nothing_so_the_same_command_runs_once_it_is_fixed(tmp_path, capsys, bad, where):
     data, out = tmp_path / "data.jsonl", tmp_path / "model"
     command = ["train", "--task", data, "--method", "cot", "--out", out, *TINY]
@@ -100,10 +186,13 @@ def test_a_bad_task_file_writes_nothing_so_the_same_command_runs_once_it_is_fixe
     assert card["task"] == str(data) and card["test_examples"] == 2
 
 
-@pytest.mark.parametrize("prompt, message", [
-    ("{}", "prompt file: field 'template' must be a non-empty string"),
-    (None, "cannot load a tokenizer"),   # a valid prompt, but the model directory has no tokenizer
-])
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("{}", "prompt file: field 'template' must be a non-empty string"),
+        (None, "cannot load a tokenizer"),  # a valid prompt, but the model directory has no tokenizer
+    ],
+)
 def test_a_bad_init_model_writes_nothing(tmp_path, capsys, prompt, message):
     init, out = tmp_path / "init", tmp_path / "model"
     init.mkdir()

@@ -3,6 +3,7 @@
 Skipped when vLLM is not installed, unless LATENTCOT_REQUIRE_VLLM is set (``make test`` sets it), in
 which case a missing or broken install fails the suite.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,8 +26,12 @@ PROMPTS = ["12+7=", "Every cat is a mammal. Is Tom a cat?", "x", "The quick brow
 
 def vllm_environment(root) -> dict[str, str]:
     """A small, fast, in-process vLLM whose caches live under ``root``."""
-    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(root / "vllm-cache"),
-            "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor-cache"), "HF_HUB_OFFLINE": "1"}
+    return {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CACHE_ROOT": str(root / "vllm-cache"),
+        "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor-cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,9 @@ def assert_same_traces(ours, reference, atol=1e-4):
         assert got.finish_reason == ref.finish_reason
         assert got.completion == ref.completion
         for name in ("entropy", "p_token", "p_max"):
-            torch.testing.assert_close(torch.tensor(getattr(got, name)), torch.tensor(getattr(ref, name)),
-                                       atol=atol, rtol=0, msg=name)
+            torch.testing.assert_close(
+                torch.tensor(getattr(got, name)), torch.tensor(getattr(ref, name)), atol=atol, rtol=0, msg=name
+            )
 
 
 def test_greedy_token_arm_matches_the_hf_engine(vllm_engine, hf_engine):
@@ -85,7 +91,7 @@ def test_entropy_gated_hybrid_matches_the_hf_engine(vllm_engine, hf_engine, medi
     modes = {m for t in reference for m in t.mode}
     assert modes == {"token", "latent"}
     # some row switches back and forth, so continuing from prompt embeddings is exercised
-    assert any("token" in t.mode[t.mode.index("latent"):] for t in reference if "latent" in t.mode)
+    assert any("token" in t.mode[t.mode.index("latent") :] for t in reference if "latent" in t.mode)
 
 
 def test_caps_stop_strings_and_fixed_gate_match(vllm_engine, hf_engine, median_entropy):
@@ -94,8 +100,10 @@ def test_caps_stop_strings_and_fixed_gate_match(vllm_engine, hf_engine, median_e
     cases = [
         (EntropyGate(0.0, max_consecutive=2), DecodeConfig(max_new_tokens=9)),
         (EntropyGate(0.0, max_latent=3), DecodeConfig(max_new_tokens=9)),
-        (EntropyGate(median_entropy, unit="normalized" if median_entropy < 1 else "nats"),
-         DecodeConfig(max_new_tokens=20, stop=(stop,))),
+        (
+            EntropyGate(median_entropy, unit="normalized" if median_entropy < 1 else "nats"),
+            DecodeConfig(max_new_tokens=20, stop=(stop,)),
+        ),
         (TokenGate(), DecodeConfig(max_new_tokens=20, stop=(stop,))),
         (FixedGate(3), DecodeConfig(max_new_tokens=8)),
         (LatentGate(), DecodeConfig(max_new_tokens=4)),
@@ -133,8 +141,20 @@ def run_records(saved_model, dataset, out, *extra) -> list[dict]:
 
     from latentcot.cli import main
 
-    args = ["run", "--model", saved_model, "--task", dataset, "--max-new-tokens", "12", "--batch-size", "2",
-            "--out", out, *extra]
+    args = [
+        "run",
+        "--model",
+        saved_model,
+        "--task",
+        dataset,
+        "--max-new-tokens",
+        "12",
+        "--batch-size",
+        "2",
+        "--out",
+        out,
+        *extra,
+    ]
     with pytest.raises(SystemExit) as exit_:
         main([str(a) for a in args])
     assert exit_.value.code == 0
@@ -146,8 +166,9 @@ def assert_same_records(ours: list[dict], reference: list[dict], atol: float) ->
     for got, ref in zip(ours, reference):
         floats = ("entropy", "p_token", "p_max")
         assert {k: v for k, v in got.items() if k != "steps"} == {k: v for k, v in ref.items() if k != "steps"}
-        assert {k: v for k, v in got["steps"].items() if k not in floats} == \
-               {k: v for k, v in ref["steps"].items() if k not in floats}
+        assert {k: v for k, v in got["steps"].items() if k not in floats} == {
+            k: v for k, v in ref["steps"].items() if k not in floats
+        }
         for name in floats:
             assert got["steps"][name] == pytest.approx(ref["steps"][name], abs=atol)
 
@@ -160,15 +181,22 @@ def test_cli_run_on_vllm_writes_the_hf_records(saved_model, dataset, tmp_path, v
     with pytest.MonkeyPatch.context() as patch:
         for name, value in vllm_environment(tmp_path).items():
             patch.setenv(name, value)
-        for name, extra, atol in [("token", [], 1e-4),
-                                  ("hybrid", ["--gate", "entropy", "--threshold", "3.5", "--latent", "soft"], 1e-2)]:
+        for name, extra, atol in [
+            ("token", [], 1e-4),
+            ("hybrid", ["--gate", "entropy", "--threshold", "3.5", "--latent", "soft"], 1e-2),
+        ]:
             ours = run_records(saved_model, dataset, tmp_path / f"{name}-vllm", *extra, *vllm_options)
             reference = run_records(saved_model, dataset, tmp_path / f"{name}-hf", *extra)
             assert_same_records(ours, reference, atol)
             if name == "hybrid":
                 assert {m for r in ours for m in r["steps"]["mode"]} == {"token", "latent"}
     manifest = json.loads((tmp_path / "hybrid-vllm" / "manifest.json").read_text())
-    assert manifest["config"]["backend"] == {"name": "vllm", "tensor_parallel_size": 1, "max_model_len": 256,
-                                             "gpu_memory_utilization": None, "kv_cache_gib": 0.25,
-                                             "enforce_eager": True}
+    assert manifest["config"]["backend"] == {
+        "name": "vllm",
+        "tensor_parallel_size": 1,
+        "max_model_len": 256,
+        "gpu_memory_utilization": None,
+        "kv_cache_gib": 0.25,
+        "enforce_eager": True,
+    }
     assert manifest["model"]["backend"] == "vllm" and manifest["model"]["vllm_version"]

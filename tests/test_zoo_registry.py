@@ -1,4 +1,5 @@
 """`latentcot models` and `builtin:NAME`: the zoo's built-in and user-trained models."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import pytest
 
 from latentcot.errors import InputError
 from latentcot.zoo import registry
-
 from test_cli import cli, records
 
 
@@ -19,8 +19,9 @@ def home(tmp_path, monkeypatch, models, tokenizer):
     ready = tmp_path / "home" / "models" / "my-adder"
     models["gpt2"].save_pretrained(ready)
     tokenizer.save_pretrained(ready)
-    (ready / "card.json").write_text(json.dumps({"task": "addition:n=2,digits=1", "method": "cot",
-                                                 "test_accuracy": 0.875, "test_examples": 200}))
+    (ready / "card.json").write_text(
+        json.dumps({"task": "addition:n=2,digits=1", "method": "cot", "test_accuracy": 0.875, "test_examples": 200})
+    )
     broken = tmp_path / "home" / "models" / "half-done"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
@@ -40,8 +41,22 @@ def test_models_lists_user_models_with_status(home, capsys):
 def test_builtin_name_loads_a_user_model(home, tmp_path):
     assert registry.resolve("my-adder") == home / "models" / "my-adder"
     out = tmp_path / "run"
-    assert cli("run", "--model", "builtin:my-adder", "--task", "addition:n=2,digits=1", "--limit", "2",
-               "--max-new-tokens", "4", "--out", out) == 0
+    assert (
+        cli(
+            "run",
+            "--model",
+            "builtin:my-adder",
+            "--task",
+            "addition:n=2,digits=1",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            out,
+        )
+        == 0
+    )
     assert len(records(out)) == 2
     assert json.loads((out / "manifest.json").read_text())["model"]["model_type"] == "gpt2"
 
@@ -60,17 +75,48 @@ def test_empty_zoo_says_where_models_come_from(tmp_path, monkeypatch, capsys):
 
 def test_a_model_directory_prompt_is_used_unless_one_is_given(home, tmp_path):
     model_dir = home / "models" / "my-adder"
-    (model_dir / "prompt.json").write_text(json.dumps({
-        "template": "Q {question}\n", "answer_prefix": "Answer:", "answer_format": "Answer: <number>"}))
+    (model_dir / "prompt.json").write_text(
+        json.dumps({"template": "Q {question}\n", "answer_prefix": "Answer:", "answer_format": "Answer: <number>"})
+    )
     out = tmp_path / "own"
-    assert cli("run", "--model", "builtin:my-adder", "--task", "addition:n=2,digits=1", "--limit", "2",
-               "--max-new-tokens", "4", "--out", out) == 0
+    assert (
+        cli(
+            "run",
+            "--model",
+            "builtin:my-adder",
+            "--task",
+            "addition:n=2,digits=1",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            out,
+        )
+        == 0
+    )
     assert all(r["prompt"].startswith("Q ") and r["prompt"].endswith("=\n") for r in records(out))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["prompt_file"] == str(model_dir / "prompt.json")
     override = tmp_path / "override"
-    assert cli("run", "--model", "builtin:my-adder", "--task", "addition:n=2,digits=1", "--limit", "2",
-               "--max-new-tokens", "4", "--prompt", Path(__file__).parents[1] / "prompts" / "arithmetic.json", "--out", override) == 0
+    assert (
+        cli(
+            "run",
+            "--model",
+            "builtin:my-adder",
+            "--task",
+            "addition:n=2,digits=1",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--prompt",
+            Path(__file__).parents[1] / "prompts" / "arithmetic.json",
+            "--out",
+            override,
+        )
+        == 0
+    )
     assert all(r["prompt"].startswith("Add the numbers") for r in records(override))
 
 

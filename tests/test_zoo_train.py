@@ -1,4 +1,5 @@
 """`latentcot train`: sequence layouts, the latent forward, training, resume, COCONUT decoding."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +7,6 @@ import json
 
 import pytest
 import torch
-from test_cli import cli
 
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.engine import Engine
@@ -21,8 +21,9 @@ from latentcot.zoo.forward import loss_of, predicting_hidden
 from latentcot.zoo.tiny import tiny_model
 from latentcot.zoo.tokenizer import task_tokenizer
 from latentcot.zoo.train import CHECKPOINT, LOG, TrainConfig, train
+from test_cli import cli
 
-TASK = "addition:n=3,digits=1,reverse=1"      # 2 steps per example
+TASK = "addition:n=3,digits=1,reverse=1"  # 2 steps per example
 TINY = dict(hidden=32, layers=2, heads=2, batch_size=16, eval_examples=16, test_examples=16)
 
 
@@ -37,9 +38,31 @@ def task_and_tokenizer(tmp_path_factory):
 def cot_model(tmp_path_factory):
     """A tiny cot model trained through the CLI (its skill does not matter, only its files)."""
     out = tmp_path_factory.mktemp("zoo") / "add-cot"
-    code = cli("train", "--task", TASK, "--method", "cot", "--out", out, "--steps", "30", "--eval-every", "15",
-               "--hidden", "32", "--layers", "2", "--heads", "2", "--batch-size", "16", "--eval-examples", "16",
-               "--test-examples", "16")
+    code = cli(
+        "train",
+        "--task",
+        TASK,
+        "--method",
+        "cot",
+        "--out",
+        out,
+        "--steps",
+        "30",
+        "--eval-every",
+        "15",
+        "--hidden",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--batch-size",
+        "16",
+        "--eval-examples",
+        "16",
+        "--test-examples",
+        "16",
+    )
     assert code == 0
     return out
 
@@ -73,7 +96,7 @@ def test_layouts_mask_prompt_and_markers_and_place_latents(task_and_tokenizer):
         # the answer tokens are the last targets, right before <eos>
         answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
         last = int(batch.loss_mask[0].nonzero().max())
-        assert batch.suffix_ids[0, last - len(answer_ids): last].tolist() == answer_ids
+        assert batch.suffix_ids[0, last - len(answer_ids) : last].tolist() == answer_ids
     assert not (batch.suffix_mask == 0)[batch.loss_mask].any()  # padding is never a target
 
 
@@ -82,18 +105,18 @@ def test_latent_positions_receive_the_previous_final_hidden_state(task_and_token
     model = tiny_model("llama", tokenizer, seed=3, hidden=32, heads=2, init_std=0.2).double()
     examples = task.examples("train", 2, 0)
     batch = encode(tokenizer, [task.prompt(e) for e in examples], examples, Layout("coconut", 2, c=1, max_stage=2))
-    got = predicting_hidden(model, batch)                                  # (B, S, D)
+    got = predicting_hidden(model, batch)  # (B, S, D)
 
     # Manual: grow the input embedding sequence one latent at a time, no cache.
     embed = model.get_input_embeddings()
-    inputs = embed(batch.prefix_ids)                                       # (B, P, D)
+    inputs = embed(batch.prefix_ids)  # (B, P, D)
     for _ in range(batch.n_latent):
         previous = model.base_model(inputs_embeds=inputs).last_hidden_state[:, -1:]
         inputs = torch.cat([inputs, previous], dim=1)
     full = torch.cat([inputs, embed(batch.suffix_ids)], dim=1)
     hidden = model.base_model(inputs_embeds=full).last_hidden_state
-    start = batch.prefix_ids.shape[1] + batch.n_latent - 1                 # the last latent predicts <eot>
-    expected = hidden[:, start: start + batch.suffix_ids.shape[1]]
+    start = batch.prefix_ids.shape[1] + batch.n_latent - 1  # the last latent predicts <eot>
+    expected = hidden[:, start : start + batch.suffix_ids.shape[1]]
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
     loss_of(model, batch).backward()  # gradients reach the embedding rows of the prompt through the latents
@@ -124,8 +147,12 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     a = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)["model"]
     assert all(torch.equal(a[name], b[name]) for name in a)
-    strip = lambda path: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
-                          for x in (path / LOG).read_text().splitlines()]
+
+    def strip(path):
+        return [
+            {k: v for k, v in json.loads(x).items() if k != "seconds"} for x in (path / LOG).read_text().splitlines()
+        ]
+
     assert strip(tmp_path / "whole") == strip(tmp_path / "split")
 
 
@@ -146,8 +173,9 @@ def test_save_dtype_given_on_resume_is_applied_and_leaves_training_alone(tmp_pat
 
 def test_coconut_model_decodes_k_latents_between_markers(cot_model, tmp_path):
     out = tmp_path / "add-coconut"
-    cfg = TrainConfig(task=TASK, method="coconut", init=str(cot_model), c=2, steps=4, eval_every=4,
-                      mix_prob=0.5, **TINY)
+    cfg = TrainConfig(
+        task=TASK, method="coconut", init=str(cot_model), c=2, steps=4, eval_every=4, mix_prob=0.5, **TINY
+    )
     card = train(cfg, out, progress=False)
     assert card["decode"] == {"gate": "fixed", "k": 4, "latent": "hidden", "markers": ["<bot>", "<eot>"]}
     assert card["config"]["hidden"] == 32 and card["config"]["max_stage"] == 2  # the init's shape, the resolved stage
@@ -156,8 +184,11 @@ def test_coconut_model_decodes_k_latents_between_markers(cot_model, tmp_path):
     task = load_task(TASK, str(out / "prompt.json"))
     decode = card["decode"]
     traces = Engine(loaded.model, loaded.tokenizer).generate(
-        [task.prompt(e) for e in task.examples("test", 3, 0)], make_gate(GateConfig("fixed", k=decode["k"])),
-        make_latent(LatentConfig("hidden")), DecodeConfig(max_new_tokens=12, markers=("<bot>", "<eot>")))
+        [task.prompt(e) for e in task.examples("test", 3, 0)],
+        make_gate(GateConfig("fixed", k=decode["k"])),
+        make_latent(LatentConfig("hidden")),
+        DecodeConfig(max_new_tokens=12, markers=("<bot>", "<eot>")),
+    )
     for trace in traces:
         assert trace.mode[:7] == [MARKER, LATENT, LATENT, LATENT, LATENT, MARKER, TOKEN]
 
@@ -187,9 +218,9 @@ def test_cosine_decay_warms_up_then_falls_to_a_tenth():
 
     cfg = TrainConfig(task="addition", method="cot", lr=1e-3, warmup=10, steps=100, decay="cosine")
     rates = [learning_rate(cfg, i) for i in range(100)]
-    assert rates[0] == pytest.approx(1e-4)                                     # first warm-up step
+    assert rates[0] == pytest.approx(1e-4)  # first warm-up step
     assert max(rates) == pytest.approx(rates[9]) and all(a >= b for a, b in zip(rates[9:], rates[10:]))
-    assert rates[-1] == pytest.approx(1e-4, rel=0.05)                          # 10 % at the end
+    assert rates[-1] == pytest.approx(1e-4, rel=0.05)  # 10 % at the end
     constant = TrainConfig(task="addition", method="cot", lr=1e-3, warmup=10, steps=100)
     assert {learning_rate(constant, i) for i in range(10, 100)} == {1e-3}
     with pytest.raises(InputError, match="unknown lr decay"):
@@ -208,7 +239,7 @@ def test_word_tokenizer_round_trips_and_gives_each_made_up_word_one_token(tmp_pa
         text = task.prompt(example) + "\n".join(example.steps) + f"\nAnswer: {example.answer}"
         ids = reloaded(text, add_special_tokens=False)["input_ids"]
         assert reloaded.decode(ids) == text and reloaded.unk_token_id not in ids  # test words are known
-        for word in example.meta["idx_to_symbol"]:                               # one token each, after a space
+        for word in example.meta["idx_to_symbol"]:  # one token each, after a space
             assert len(reloaded(f" {word}", add_special_tokens=False)["input_ids"]) == 1
     marked = reloaded("<bot> is<eot>", add_special_tokens=False)["input_ids"]
     assert reloaded.convert_ids_to_tokens(marked) == ["<bot>", " is", "<eot>"]
@@ -217,18 +248,34 @@ def test_word_tokenizer_round_trips_and_gives_each_made_up_word_one_token(tmp_pa
 
 def test_a_coconut_model_inherits_the_word_tokenizer_of_its_init(tmp_path):
     task = "prosqa:hops=1,dead=0,distract=1,extra=0"
-    cot = train(TrainConfig(task=task, method="cot", tokenizer="word", steps=2, eval_every=2, **TINY),
-                tmp_path / "cot", progress=False)
+    cot = train(
+        TrainConfig(task=task, method="cot", tokenizer="word", steps=2, eval_every=2, **TINY),
+        tmp_path / "cot",
+        progress=False,
+    )
     assert cot["config"]["tokenizer"] == "word"
-    coconut = train(TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=2, eval_every=2,
-                                **TINY), tmp_path / "coconut", progress=False)
+    coconut = train(
+        TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=2, eval_every=2, **TINY),
+        tmp_path / "coconut",
+        progress=False,
+    )
     assert coconut["config"]["tokenizer"] == "word"
-    resumed = train(TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=3, eval_every=2,
-                                **TINY), tmp_path / "coconut", resume=True, progress=False)  # same settings: accepted
+    resumed = train(
+        TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=3, eval_every=2, **TINY),
+        tmp_path / "coconut",
+        resume=True,
+        progress=False,
+    )  # same settings: accepted
     assert resumed["config"]["steps"] == 3
     with pytest.raises(InputError, match="differ from the saved run: max_stage"):  # given, so never ignored
-        train(TrainConfig(task=task, method="coconut", init=str(tmp_path / "cot"), steps=3, eval_every=2, max_stage=5,
-                          **TINY), tmp_path / "coconut", resume=True, progress=False)
+        train(
+            TrainConfig(
+                task=task, method="coconut", init=str(tmp_path / "cot"), steps=3, eval_every=2, max_stage=5, **TINY
+            ),
+            tmp_path / "coconut",
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(InputError, match="unknown tokenizer"):
         TrainConfig(task=task, method="cot", tokenizer="bpe")
 
@@ -248,7 +295,7 @@ def test_weights_saved_in_float16_are_the_ones_the_card_measured(cot_model, tmp_
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}
     assert (copy / "model.safetensors").stat().st_size < 0.6 * before
     assert card["config"]["save_dtype"] == "float16" and card["train_command"].endswith("--save-dtype float16")
-    loaded = load_model(ModelConfig(str(copy), device="cpu"))             # upcast to float32 on a CPU
+    loaded = load_model(ModelConfig(str(copy), device="cpu"))  # upcast to float32 on a CPU
     assert loaded.model.dtype == torch.float32
     task = load_task(TASK, str(copy / "prompt.json"))
     test = task.examples("test", card["test_examples"], 0)

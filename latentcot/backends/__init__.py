@@ -3,11 +3,13 @@
 A backend is anything with the methods of ``Backend``; ``latentcot.engine.Engine`` is one.
 Optional engines are imported only when asked for, so latentcot works without them installed.
 """
+
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from latentcot.config import BackendConfig, DecodeConfig, ModelConfig
 from latentcot.errors import InputError
@@ -19,8 +21,15 @@ VLLM_INSTALL = "pip install 'latentcot[vllm]' on a CUDA machine, or `make instal
 
 
 class Backend(Protocol):
-    def generate(self, prompts: Sequence[str], gate: Gate, latent: LatentMode, cfg: DecodeConfig,
-                 seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]: ...
+    def generate(
+        self,
+        prompts: Sequence[str],
+        gate: Gate,
+        latent: LatentMode,
+        cfg: DecodeConfig,
+        seed: int | Sequence[int] = 0,
+        measure: Sequence[str] = (),
+    ) -> list[Trace]: ...
 
     def check_room(self, prompts: Sequence[str], max_new_tokens: int, names: Sequence[str]) -> None:
         """Raise InputError naming the first prompt that leaves no room for ``max_new_tokens``."""
@@ -35,8 +44,9 @@ class LoadedBackend:
     identity: dict[str, Any]  # what the run manifest records about the model and the backend
 
 
-def unsupported(backend: BackendConfig, settings: Sequence, measure: Sequence[str],
-                model: ModelConfig | None = None) -> str | None:
+def unsupported(
+    backend: BackendConfig, settings: Sequence, measure: Sequence[str], model: ModelConfig | None = None
+) -> str | None:
     """Why ``backend`` cannot run ``model`` with these settings (each with .gate/.latent/.decode
     configs), or None."""
     if backend.name != "vllm":
@@ -51,8 +61,10 @@ def unsupported(backend: BackendConfig, settings: Sequence, measure: Sequence[st
         if setting.decode.loop is not None:
             return "--loops/--exit are not supported by the vllm backend (use --backend hf)"
         if setting.gate.kind != "token" and setting.latent.kind not in ("soft", "topk-soft"):
-            return (f"--latent {setting.latent.kind} is not supported by the vllm backend, which builds soft and "
-                    f"topk-soft latents only (use --latent soft or --backend hf)")
+            return (
+                f"--latent {setting.latent.kind} is not supported by the vllm backend, which builds soft and "
+                f"topk-soft latents only (use --latent soft or --backend hf)"
+            )
     return None
 
 

@@ -24,16 +24,17 @@ Supported: token, latent, entropy (caps, per-domain thresholds) and fixed gates;
 latents; greedy and sampled decoding (vLLM's sampler and seeds, so sampled tokens differ from the
 hf backend's). Refused: hidden latents, markers, --measure.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from vllm import LLM, SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
@@ -44,6 +45,7 @@ from latentcot.gates import EntropyGate, FixedGate, LatentGate, TokenGate, entro
 from latentcot.latent import SoftLatent, TopKSoftLatent
 from latentcot.sampling import distribution_stats, row_seed
 from latentcot.types import LATENT, TOKEN, EmbeddingTable, StepView, Trace
+from vllm import LLM, SamplingParams
 
 RULE_KEY = "latentcot_gate"  # key of the gate rule in SamplingParams.extra_args
 TAKE_RECORDS = "latentcot_take_records"  # the worker method added by RecordsExtension
@@ -62,8 +64,12 @@ def gate_rule(gate) -> dict[str, Any]:
     if isinstance(gate, FixedGate):  # the first k steps of a row are latent
         return {**rule, "threshold": -1.0, "max_latent": gate.k}
     if isinstance(gate, EntropyGate):
-        return {"threshold": float(gate.threshold), "unit": gate.unit, "max_consecutive": gate.max_consecutive,
-                "max_latent": gate.max_latent}
+        return {
+            "threshold": float(gate.threshold),
+            "unit": gate.unit,
+            "max_consecutive": gate.max_consecutive,
+            "max_latent": gate.max_latent,
+        }
     raise InputError(f"the vllm backend cannot run the gate {type(gate).__name__} (use --backend hf)")
 
 
@@ -82,33 +88,46 @@ class GateProcessor(LogitsProcessor):
     """Records per-step distribution statistics and ends a request with a sentinel when its gate fires."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        self.rows: dict[int, tuple[dict, list[int]]] = {}   # batch index -> (rule, live output token ids)
+        self.rows: dict[int, tuple[dict, list[int]]] = {}  # batch index -> (rule, live output token ids)
         self.records: dict[str, dict[int, StepRecord]] = {}  # request key -> step -> record
 
     def is_argmax_invariant(self) -> bool:
         return False  # it forces the sentinel token; greedy requests must see it too
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        process_dict_updates(self.rows, batch_update,
-                             lambda params, _prompt, output: ((params.extra_args or {}).get(RULE_KEY) and
-                                                              (params.extra_args[RULE_KEY], output)))
+        process_dict_updates(
+            self.rows,
+            batch_update,
+            lambda params, _prompt, output: (
+                (params.extra_args or {}).get(RULE_KEY) and (params.extra_args[RULE_KEY], output)
+            ),
+        )
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
         index = list(self.rows)
-        picked = logits[index].float()                                   # (R, V)
-        probs, entropy = distribution_stats(picked)                      # (R, V), (R,)
-        p_max, argmax = probs.max(dim=-1)                                # (R,), (R,)
+        picked = logits[index].float()  # (R, V)
+        probs, entropy = distribution_stats(picked)  # (R, V), (R,)
+        p_max, argmax = probs.max(dim=-1)  # (R,), (R,)
         allowed = [self._allowed(rule, len(output)) for rule, output in self.rows.values()]
-        threshold = torch.tensor([rule["threshold"] if ok else math.inf for ok, (rule, _) in
-                                  zip(allowed, self.rows.values())], device=logits.device)   # (R,)
+        threshold = torch.tensor(
+            [rule["threshold"] if ok else math.inf for ok, (rule, _) in zip(allowed, self.rows.values())],
+            device=logits.device,
+        )  # (R,)
         units = {rule["unit"] for rule, _ in self.rows.values()}
         # one unit per batch in practice (one setting per generate call); mixed units take the slow path
-        scaled = (entropy_in_unit(entropy, units.pop(), picked.shape[-1]) if len(units) == 1 else
-                  torch.stack([entropy_in_unit(entropy[i], rule["unit"], picked.shape[-1])
-                               for i, (rule, _) in enumerate(self.rows.values())]))
-        fired = scaled > threshold                                       # (R,)
+        scaled = (
+            entropy_in_unit(entropy, units.pop(), picked.shape[-1])
+            if len(units) == 1
+            else torch.stack(
+                [
+                    entropy_in_unit(entropy[i], rule["unit"], picked.shape[-1])
+                    for i, (rule, _) in enumerate(self.rows.values())
+                ]
+            )
+        )
+        fired = scaled > threshold  # (R,)
         stats = torch.stack([entropy.double(), p_max.double(), argmax.double(), fired.double()], 1).cpu().tolist()
         fired_rows = fired.nonzero().flatten().tolist()
         saved = dict(zip(fired_rows, picked[fired_rows].cpu().unbind(0))) if fired_rows else {}
@@ -127,8 +146,9 @@ class GateProcessor(LogitsProcessor):
         if rule["threshold"] is None:
             return False
         run = rule["latent_run"] if step == 0 else 0  # after a token step the latent run is 0
-        return ((rule["max_consecutive"] is None or run < rule["max_consecutive"]) and
-                (rule["max_latent"] is None or rule["n_latent"] < rule["max_latent"]))
+        return (rule["max_consecutive"] is None or run < rule["max_consecutive"]) and (
+            rule["max_latent"] is None or rule["n_latent"] < rule["max_latent"]
+        )
 
     def take(self, keys: Sequence[str]) -> dict[str, dict[int, StepRecord]]:
         return {key: self.records.pop(key, {}) for key in keys}
@@ -150,8 +170,8 @@ class _Row:
 
     prompt_ids: list[int]
     seed: int
-    prefix: torch.Tensor                 # (T, D) input embeddings so far, once a latent was fed
-    tokens_only: bool = True             # no latent fed yet: the prefix is prompt_ids + token_id
+    prefix: torch.Tensor  # (T, D) input embeddings so far, once a latent was fed
+    tokens_only: bool = True  # no latent fed yet: the prefix is prompt_ids + token_id
     mode: list[str] = field(default_factory=list)
     token_id: list[int] = field(default_factory=list)
     entropy: list[float] = field(default_factory=list)
@@ -180,8 +200,9 @@ class VLLMEngine:
         self.identity = identity
         vocab = llm.llm_engine.model_config.get_vocab_size()
         # the model's own input embeddings (also under tensor parallelism: embed_input_ids gathers them)
-        weight = llm.apply_model(lambda model: model.embed_input_ids(
-            torch.arange(vocab, device=next(model.parameters()).device)).cpu())[0]    # (V, D)
+        weight = llm.apply_model(
+            lambda model: model.embed_input_ids(torch.arange(vocab, device=next(model.parameters()).device)).cpu()
+        )[0]  # (V, D)
         self.table = EmbeddingTable(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
         self.context = llm.llm_engine.model_config.max_model_len
         gen = llm.llm_engine.model_config.try_get_generation_config() or {}
@@ -190,16 +211,21 @@ class VLLMEngine:
         self._keys = itertools.count()  # request keys unique within this engine
 
     @classmethod
-    def load(cls, model: ModelConfig, backend: BackendConfig) -> "VLLMEngine":
+    def load(cls, model: ModelConfig, backend: BackendConfig) -> VLLMEngine:
         from latentcot.model import check_causal, config_identity, model_tokenizer, resolve_source
 
         if model.device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"--device {model.device} does not apply to the vllm backend, which places the model "
-                             "itself (choose GPUs with CUDA_VISIBLE_DEVICES)")
+            raise InputError(
+                f"--device {model.device} does not apply to the vllm backend, which places the model "
+                "itself (choose GPUs with CUDA_VISIBLE_DEVICES)"
+            )
         source, is_local, config = check_causal(model)
         tokenizer = model_tokenizer(model, source)
-        options = dict(tensor_parallel_size=backend.tensor_parallel_size, max_model_len=backend.max_model_len,
-                       enforce_eager=backend.enforce_eager)
+        options = dict(
+            tensor_parallel_size=backend.tensor_parallel_size,
+            max_model_len=backend.max_model_len,
+            enforce_eager=backend.enforce_eager,
+        )
         if backend.gpu_memory_utilization is not None:
             options["gpu_memory_utilization"] = backend.gpu_memory_utilization
         kv_cache_gib = backend.kv_cache_gib
@@ -208,23 +234,36 @@ class VLLMEngine:
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         try:
-            llm = LLM(model=source, tokenizer=resolve_source(model.tokenizer)[0] if model.tokenizer else source,
-                      dtype=_dtype(model.dtype, config), revision=model.revision, trust_remote_code=model.trust_remote_code,
-                      enable_prompt_embeds=True, logits_processors=[GateProcessor],
-                      worker_extension_cls=f"{__name__}.RecordsExtension", async_scheduling=False, seed=0,
-                      **{k: v for k, v in options.items() if v is not None})
+            llm = LLM(
+                model=source,
+                tokenizer=resolve_source(model.tokenizer)[0] if model.tokenizer else source,
+                dtype=_dtype(model.dtype, config),
+                revision=model.revision,
+                trust_remote_code=model.trust_remote_code,
+                enable_prompt_embeds=True,
+                logits_processors=[GateProcessor],
+                worker_extension_cls=f"{__name__}.RecordsExtension",
+                async_scheduling=False,
+                seed=0,
+                **{k: v for k, v in options.items() if v is not None},
+            )
         except (ValueError, RuntimeError, OSError) as exc:  # bad options, too little memory, unsupported model
             raise InputError(f"vLLM cannot load {model.model}: {exc}") from None
-        import vllm
         from vllm.platforms import current_platform
 
+        import vllm
+
         model_config = llm.llm_engine.model_config
-        identity = {**config_identity(model, source, is_local, config), "backend": "vllm",
-                    "vllm_version": vllm.__version__, "n_parameters": _parameter_count(config),
-                    "vocab_size": model_config.get_vocab_size(),
-                    "dtype": str(model_config.dtype).removeprefix("torch."),
-                    "device": current_platform.device_type,
-                    "max_model_len": model_config.max_model_len}
+        identity = {
+            **config_identity(model, source, is_local, config),
+            "backend": "vllm",
+            "vllm_version": vllm.__version__,
+            "n_parameters": _parameter_count(config),
+            "vocab_size": model_config.get_vocab_size(),
+            "dtype": str(model_config.dtype).removeprefix("torch."),
+            "device": current_platform.device_type,
+            "max_model_len": model_config.max_model_len,
+        }
         return cls(llm, tokenizer, identity)
 
     def check_room(self, prompts: Sequence[str], max_new_tokens: int, names: Sequence[str]) -> None:
@@ -235,8 +274,15 @@ class VLLMEngine:
         if cfg.loop is not None:
             raise InputError("--loops/--exit are not supported by the vllm backend (use --backend hf)")
 
-    def generate(self, prompts: Sequence[str], gate, latent, cfg: DecodeConfig,
-                 seed: int | Sequence[int] = 0, measure: Sequence[str] = ()) -> list[Trace]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        gate,
+        latent,
+        cfg: DecodeConfig,
+        seed: int | Sequence[int] = 0,
+        measure: Sequence[str] = (),
+    ) -> list[Trace]:
         """One Trace per prompt, as ``Engine.generate``; ``measure`` and markers are not supported."""
         if measure:
             raise InputError(f"--measure {measure[0]} is not supported by the vllm backend (use --backend hf)")
@@ -264,13 +310,28 @@ class VLLMEngine:
         """(prompt, SamplingParams) of the row's next segment."""
         step = len(row.mode)
         params = SamplingParams(
-            max_tokens=cfg.max_new_tokens - step, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            seed=None if cfg.greedy else row_seed(row.seed, f"step{step}"), logprobs=0,
+            max_tokens=cfg.max_new_tokens - step,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            seed=None if cfg.greedy else row_seed(row.seed, f"step{step}"),
+            logprobs=0,
             # EOS is handled here (the row's EOS ids), not by vLLM's defaults
-            ignore_eos=True, stop_token_ids=sorted({self.sentinel, *([] if cfg.ignore_eos else self.eos_ids)}),
-            stop=list(cfg.stop) or None, skip_special_tokens=False, detokenize=bool(cfg.stop),
-            extra_args={RULE_KEY: {**rule, "key": key, "n_latent": row.n_latent, "latent_run": row.latent_run,
-                                   "sentinel": self.sentinel}})
+            ignore_eos=True,
+            stop_token_ids=sorted({self.sentinel, *([] if cfg.ignore_eos else self.eos_ids)}),
+            stop=list(cfg.stop) or None,
+            skip_special_tokens=False,
+            detokenize=bool(cfg.stop),
+            extra_args={
+                RULE_KEY: {
+                    **rule,
+                    "key": key,
+                    "n_latent": row.n_latent,
+                    "latent_run": row.latent_run,
+                    "sentinel": self.sentinel,
+                }
+            },
+        )
         if row.tokens_only:
             return {"prompt_token_ids": row.prompt_ids + row.token_id}, params
         return {"prompt_embeds": row.prefix}, params
@@ -299,7 +360,7 @@ class VLLMEngine:
             if row.finish is not None or rec.fired:
                 break
         if not row.tokens_only and fed:
-            row.prefix = torch.cat([row.prefix, self.table.weight[fed]])             # (T + n, D)
+            row.prefix = torch.cat([row.prefix, self.table.weight[fed]])  # (T + n, D)
         if row.finish is not None:
             row.pending = None
 
@@ -307,26 +368,37 @@ class VLLMEngine:
         """Build the latent vectors of rows whose segment ended on a latent step, all at once."""
         if not rows:
             return
-        logits = torch.stack([row.pending for row in rows])                          # (F, V)
+        logits = torch.stack([row.pending for row in rows])  # (F, V)
         probs, entropy = distribution_stats(logits)
-        view = StepView(step=0, logits=logits, entropy=entropy, hidden=torch.empty(len(rows), 0),
-                        n_latent=torch.tensor([r.n_latent for r in rows]),
-                        latent_run=torch.tensor([r.latent_run for r in rows]),
-                        active=torch.ones(len(rows), dtype=torch.bool))
-        vectors = latent(view, self.table)                                           # (F, D)
+        view = StepView(
+            step=0,
+            logits=logits,
+            entropy=entropy,
+            hidden=torch.empty(len(rows), 0),
+            n_latent=torch.tensor([r.n_latent for r in rows]),
+            latent_run=torch.tensor([r.latent_run for r in rows]),
+            active=torch.ones(len(rows), dtype=torch.bool),
+        )
+        vectors = latent(view, self.table)  # (F, D)
         for row, vector in zip(rows, vectors):
             if row.tokens_only:  # the first latent: switch the row to an embedding prefix
                 prefix_ids = row.prompt_ids + row.token_id[:-1]  # every step before this latent was a token
                 row.prefix = self.table.weight[torch.tensor(prefix_ids, dtype=torch.long)]
                 row.tokens_only = False
-            row.prefix = torch.cat([row.prefix, vector[None].to(row.prefix.dtype)])   # (T + 1, D)
+            row.prefix = torch.cat([row.prefix, vector[None].to(row.prefix.dtype)])  # (T + 1, D)
             row.pending = None
 
     def _trace(self, prompt: str, row: _Row) -> Trace:
-        return Trace(prompt=prompt, completion=render_completion(self.tokenizer, row.mode, row.token_id,
-                                                                 drop_last=row.finish == "eos"),
-                     finish_reason=row.finish, mode=row.mode, token_id=row.token_id, entropy=row.entropy,
-                     p_token=row.p_token, p_max=row.p_max)
+        return Trace(
+            prompt=prompt,
+            completion=render_completion(self.tokenizer, row.mode, row.token_id, drop_last=row.finish == "eos"),
+            finish_reason=row.finish,
+            mode=row.mode,
+            token_id=row.token_id,
+            entropy=row.entropy,
+            p_token=row.p_token,
+            p_max=row.p_max,
+        )
 
 
 def _dtype(name: str, config) -> str:
@@ -343,6 +415,7 @@ def _dtype(name: str, config) -> str:
 
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
+
     return current_platform.device_type == "cpu" and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
 
 
@@ -356,4 +429,3 @@ def _parameter_count(config) -> int | None:
     except (ValueError, TypeError, ImportError):
         return None
     return sum(p.numel() for p in model.parameters())
-

@@ -12,6 +12,7 @@ digit first (``1304`` becomes ``4031``). Small models trained from scratch learn
 faster that way because each output digit then depends only on digits already produced. The
 answer is then compared as a digit string (the ``digits`` kind), since leading zeros matter.
 """
+
 from __future__ import annotations
 
 import random
@@ -48,15 +49,19 @@ class AdditionTask(GeneratorTask):
 
     def make(self, rng: random.Random) -> Problem:
         p = self.params
-        numbers = [rng.randrange(10 ** p.digits) for _ in range(p.n)]
+        numbers = [rng.randrange(10**p.digits) for _ in range(p.n)]
         operands = [self._write(x, p.digits) for x in numbers]
         steps, total, left = [], numbers[0], operands[0]
         for number, operand in zip(numbers[1:], operands[1:]):
             total += number
             steps.append(f"{left} + {operand} = {self._write(total)}")
             left = self._write(total)
-        return Problem(question=" + ".join(operands) + " =", answer=self._write(total),
-                       steps=tuple(steps), meta={"numbers": numbers, "total": total})
+        return Problem(
+            question=" + ".join(operands) + " =",
+            answer=self._write(total),
+            steps=tuple(steps),
+            meta={"numbers": numbers, "total": total},
+        )
 
     def _write(self, value: int, width: int = 0) -> str:
         text = str(value).zfill(width)

@@ -11,25 +11,27 @@ decided by a hash of its question text (80 % train, 10 % valid, 10 % test), and 
 stream simply skips problems that belong elsewhere. So no seed of ``train`` can ever produce a
 ``test`` question, which per-split seeds alone would not guarantee.
 """
+
 from __future__ import annotations
 
 import abc
 import hashlib
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from latentcot.errors import InputError
-from latentcot.validation import is_int, require
 from latentcot.tasks import extract as answers
 from latentcot.tasks.io import domain_template
 from latentcot.tasks.prompt import PromptTemplate
 from latentcot.types import Example, Extraction
+from latentcot.validation import is_int, require
 
 SPLITS = ("train", "valid", "test")
-DEFAULT_N = 500                      # examples per split when n is None
+DEFAULT_N = 500  # examples per split when n is None
 _SPLIT_BUCKETS = {"train": range(0, 8), "valid": range(8, 9), "test": range(9, 10)}
-_MAX_SKIPS = 2_000                   # consecutive problems of other splits before giving up
+_MAX_SKIPS = 2_000  # consecutive problems of other splits before giving up
 
 
 def split_of(question: str) -> str:
@@ -51,7 +53,7 @@ class Task(abc.ABC):
     name: str = ""
     domain: str = "generic"
     description: str = ""
-    answer_kind: str = "text"        # see latentcot.tasks.extract.KINDS
+    answer_kind: str = "text"  # see latentcot.tasks.extract.KINDS
 
     def __init__(self, templates: Mapping[str, PromptTemplate], override: PromptTemplate | None):
         """``templates`` maps each domain this task renders to its template; ``override`` (a
@@ -106,14 +108,13 @@ class Params:
     task: ClassVar[str] = ""
 
     @classmethod
-    def parse(cls, raw: Mapping[str, str]) -> "Params":
+    def parse(cls, raw: Mapping[str, str]) -> Params:
         """Build from ``key=value`` strings (the CLI's ``name:key=value,...``)."""
         valid = [f.name for f in fields(cls)]
         values: dict[str, int] = {}
         for key, text in raw.items():
             if key not in valid:
-                raise InputError(f"unknown parameter {key!r} for task {cls.task}; "
-                                 f"valid keys: {', '.join(valid)}")
+                raise InputError(f"unknown parameter {key!r} for task {cls.task}; valid keys: {', '.join(valid)}")
             try:
                 values[key] = int(text)
             except ValueError:
@@ -126,8 +127,10 @@ class Params:
 
     def _require(self, key: str, low: int, high: int) -> None:
         value = getattr(self, key)
-        require(is_int(value) and low <= value <= high,
-                f"bad value for {self.task}:{key}: {value!r}; expected an integer from {low} to {high}")
+        require(
+            is_int(value) and low <= value <= high,
+            f"bad value for {self.task}:{key}: {value!r}; expected an integer from {low} to {high}",
+        )
 
 
 @dataclass(frozen=True)
@@ -149,8 +152,7 @@ class GeneratorTask(Task):
         self.params = params if params is not None else self.params_type()
         if not isinstance(self.params, self.params_type):
             raise TypeError(f"{self.name} expects {self.params_type.__name__}")
-        super().__init__({self.domain: domain_template(self.domain)} if prompt is None else {},
-                         prompt)
+        super().__init__({self.domain: domain_template(self.domain)} if prompt is None else {}, prompt)
 
     @property
     def spec(self) -> str:
@@ -169,15 +171,23 @@ class GeneratorTask(Task):
             if split_of(problem.question) != split:
                 skipped += 1
                 if skipped > _MAX_SKIPS:
-                    raise InputError(f"{self.spec}: these parameters allow too few distinct "
-                                     f"problems to fill the {split} split")
+                    raise InputError(
+                        f"{self.spec}: these parameters allow too few distinct problems to fill the {split} split"
+                    )
                 continue
             skipped = 0
-            out.append(Example(f"{self.name}-{split}-{len(out)}", problem.question,
-                               problem.answer, problem.steps, self.domain, problem.meta))
+            out.append(
+                Example(
+                    f"{self.name}-{split}-{len(out)}",
+                    problem.question,
+                    problem.answer,
+                    problem.steps,
+                    self.domain,
+                    problem.meta,
+                )
+            )
         return out
 
     @abc.abstractmethod
     def make(self, rng: random.Random) -> Problem:
         """One random problem drawn from ``rng`` (the only source of randomness)."""
-

@@ -24,10 +24,11 @@ text       anything else                                 lower case, single spac
 
 Everything here is a pure function of its arguments; nothing here can raise on arbitrary text.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from latentcot.types import Extraction
 

@@ -7,6 +7,7 @@ The answer kind (how answers are extracted and compared) is inferred from the go
 numbers, True/False, "X is a Y." sentences (ProsQA), otherwise free text. Each example is
 prompted with the template of its own domain (unknown domains use the generic template).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -18,6 +18,7 @@ Knobs:
   any earlier variables).
 - ``mod`` — the modulus.
 """
+
 from __future__ import annotations
 
 import random
@@ -127,8 +128,12 @@ class IGSMTask(GeneratorTask):
         rng.shuffle(statements)
         query = needed[-1]
         question = f"All values are mod {p.mod}. {' '.join(statements)} What is {query}?"
-        return Problem(question, str(build.value[query]), tuple(build.step(n) for n in needed),
-                       {"query": query, "mod": p.mod, "depth": _depth(build.definition, query)})
+        return Problem(
+            question,
+            str(build.value[query]),
+            tuple(build.step(n) for n in needed),
+            {"query": query, "mod": p.mod, "depth": _depth(build.definition, query)},
+        )
 
 
 def _depth(definition: dict, name: str) -> int:

@@ -18,14 +18,16 @@ record):
 In every format an optional ``id`` (string or integer) names the example, otherwise its 1-based
 position (line for ``.jsonl``, index for ``.json``); an optional ``domain`` overrides the task's.
 """
+
 from __future__ import annotations
 
 import json
 import re
-from importlib import resources
+from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jsonlines
 
@@ -38,8 +40,16 @@ FORMATS = ("coconut", "gsm8k", "generic")
 DEFAULT_DOMAIN = {"coconut": "generic", "gsm8k": "math-word", "generic": "generic"}
 _RESERVED = ("id", "question", "answer", "steps", "domain")
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
-_PROMPT_KEYS = ("template", "answer_prefix", "answer_format", "few_shot", "example_template",
-                "stop", "description", "domain")
+_PROMPT_KEYS = (
+    "template",
+    "answer_prefix",
+    "answer_format",
+    "few_shot",
+    "example_template",
+    "stop",
+    "description",
+    "domain",
+)
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,12 @@ class LoadedFile:
     """The examples of one dataset file and what was learned about it while reading."""
 
     path: str
-    format: str                  # one of FORMATS
+    format: str  # one of FORMATS
     examples: tuple[Example, ...]
 
 
 # ---------------------------------------------------------------- datasets
+
 
 def read_examples(path: str | Path) -> LoadedFile:
     """Read and validate a dataset file; raises InputError naming ``file:line`` on any problem."""
@@ -62,8 +73,7 @@ def read_examples(path: str | Path) -> LoadedFile:
     elif path.suffix == ".jsonl":
         fmt, examples = _jsonl_examples(path, text)
     else:
-        raise InputError(f"unsupported file type {path.suffix!r}; expected .json or .jsonl",
-                         where=str(path))
+        raise InputError(f"unsupported file type {path.suffix!r}; expected .json or .jsonl", where=str(path))
     if not examples:
         raise InputError("no examples in file", where=str(path))
     return LoadedFile(str(path), fmt, tuple(examples))
@@ -77,9 +87,16 @@ def write_coconut_json(examples: Iterable[Example], path: str | Path) -> None:
         clash = sorted(set(example.meta) & set(_RESERVED))
         if clash:
             raise ValueError(f"example {example.id}: meta keys {clash} clash with record fields")
-        records.append({"question": example.question, "answer": example.answer,
-                        "steps": list(example.steps), **example.meta,
-                        "id": example.id, "domain": example.domain})
+        records.append(
+            {
+                "question": example.question,
+                "answer": example.answer,
+                "steps": list(example.steps),
+                **example.meta,
+                "id": example.id,
+                "domain": example.domain,
+            }
+        )
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(records, handle, ensure_ascii=False, indent=1)
         handle.write("\n")
@@ -108,8 +125,7 @@ def _json_document(path: Path, text: str, expected: type, invalid: str, wrong_ty
 
 
 def _coconut_examples(path: Path, text: str) -> list[Example]:
-    records = _json_document(path, text, list, "invalid JSON",
-                             "a COCONUT .json file must hold a list of records")
+    records = _json_document(path, text, list, "invalid JSON", "a COCONUT .json file must hold a list of records")
     examples, seen = [], {}
     for index, record in enumerate(records):
         try:
@@ -123,8 +139,7 @@ def _coconut_examples(path: Path, text: str) -> list[Example]:
 def _jsonl_examples(path: Path, text: str) -> tuple[str, list[Example]]:
     # Only "\n" ends a JSON Lines line: str.splitlines would also split inside a string holding
     # U+2028 or U+0085, which JSON allows unescaped. A "\r" before it is JSON whitespace.
-    numbered = [(lineno, line) for lineno, line in enumerate(text.split("\n"), start=1)
-                if line.strip()]
+    numbered = [(lineno, line) for lineno, line in enumerate(text.split("\n"), start=1) if line.strip()]
     reader = jsonlines.Reader(line for _, line in numbered)
     fmt, examples, seen = None, [], {}
     for lineno, _ in numbered:  # the reader decodes the same lines in the same order, one per read
@@ -160,8 +175,12 @@ class _RecordError(Exception):
 
 
 def _looks_gsm8k(record: Any) -> bool:
-    return (isinstance(record, dict) and "steps" not in record
-            and isinstance(record.get("answer"), str) and "####" in record["answer"])
+    return (
+        isinstance(record, dict)
+        and "steps" not in record
+        and isinstance(record.get("answer"), str)
+        and "####" in record["answer"]
+    )
 
 
 def _gsm8k_record(record: Any) -> dict:
@@ -169,8 +188,7 @@ def _gsm8k_record(record: Any) -> dict:
         raise _RecordError("expected a JSON object")
     answer = record.get("answer")
     if not isinstance(answer, str) or "####" not in answer:
-        raise _RecordError("GSM8K-format file: field 'answer' must be a string ending in "
-                           "'#### <final answer>'")
+        raise _RecordError("GSM8K-format file: field 'answer' must be a string ending in '#### <final answer>'")
     solution, _, final = answer.rpartition("####")
     if not final.strip():
         raise _RecordError("GSM8K-format file: nothing after '####' in field 'answer'")
@@ -227,6 +245,7 @@ def _line_of_element(text: str, index: int) -> int:
 
 # ---------------------------------------------------------------- prompt templates
 
+
 def domain_template(domain: str) -> PromptTemplate:
     """The shipped template for ``domain`` (``prompts/<domain>.json``), else the generic one."""
     shipped = resources.files(PROMPTS_PACKAGE)
@@ -242,8 +261,9 @@ def load_prompt_file(path: str | Path) -> PromptTemplate:
     ``answer_prefix``, ``answer_format`` and optionally ``few_shot`` (list of ``{question,
     solution}``), ``example_template``, ``stop``, ``description``, ``domain``."""
     path = Path(path)
-    data = _json_document(path, _read_text(path), dict, "invalid JSON in prompt file",
-                          "a prompt file must hold a JSON object")
+    data = _json_document(
+        path, _read_text(path), dict, "invalid JSON in prompt file", "a prompt file must hold a JSON object"
+    )
     try:
         return _template(data, str(path))
     except _RecordError as err:
@@ -253,8 +273,7 @@ def load_prompt_file(path: str | Path) -> PromptTemplate:
 def _template(data: dict, source: str) -> PromptTemplate:
     unknown = sorted(set(data) - set(_PROMPT_KEYS))
     if unknown:
-        raise _RecordError(f"unknown key(s) {', '.join(unknown)}; valid keys: "
-                           f"{', '.join(_PROMPT_KEYS)}")
+        raise _RecordError(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_PROMPT_KEYS)}")
     for key in ("template", "answer_prefix", "answer_format"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise _RecordError(f"field {key!r} must be a non-empty string")
@@ -272,16 +291,25 @@ def _template(data: dict, source: str) -> PromptTemplate:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise _RecordError("field 'description' must be a string")
-    return PromptTemplate(data["template"], data["answer_prefix"].strip(), data["answer_format"],
-                          tuple(FewShot(s["question"], s["solution"]) for s in shots),
-                          example_template, tuple(stop), description, source)
+    return PromptTemplate(
+        data["template"],
+        data["answer_prefix"].strip(),
+        data["answer_format"],
+        tuple(FewShot(s["question"], s["solution"]) for s in shots),
+        example_template,
+        tuple(stop),
+        description,
+        source,
+    )
 
 
 def _is_shot(item: Any) -> bool:
-    return (isinstance(item, dict) and set(item) == {"question", "solution"}
-            and all(isinstance(v, str) for v in item.values()))
+    return (
+        isinstance(item, dict)
+        and set(item) == {"question", "solution"}
+        and all(isinstance(v, str) for v in item.values())
+    )
 
 
 def _is_strings(items: Any) -> bool:
     return isinstance(items, list) and all(isinstance(s, str) and s for s in items)
-

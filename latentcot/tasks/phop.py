@@ -16,6 +16,7 @@ are uniform over those valid ones (rejection sampling).
 Steps read ``hop 1: c at 24 -> d at 17``: the symbol and position before and after the hop.
 The alphabet is the first ``alphabet`` letters of :data:`~latentcot.tasks.extract.SYMBOLS`.
 """
+
 from __future__ import annotations
 
 import random
@@ -73,16 +74,18 @@ class PHopTask(GeneratorTask):
             path = hop_path(sequence, p.p)
             if path is not None:
                 return self._problem(sequence, path)
-        raise InputError(f"{self.spec}: almost no sequence allows {p.p} hops; "
-                         "increase n or decrease p or alphabet")
+        raise InputError(f"{self.spec}: almost no sequence allows {p.p} hops; increase n or decrease p or alphabet")
 
     def _problem(self, sequence: str, path: list[int]) -> Problem:
         steps = tuple(
             f"hop {k}: {sequence[a - 1]} at {a} -> {sequence[b - 1]} at {b}"
             for k, (a, b) in enumerate(zip(path, path[1:]), start=1)
         )
-        question = (f"Sequence: {' '.join(sequence)}. Start at the last symbol and hop "
-                    f"{self.params.p} times; each hop moves to the symbol right after the "
-                    "previous occurrence of the current symbol. Which symbol do you reach?")
-        return Problem(question, sequence[path[-1] - 1], steps,
-                       {"sequence": sequence, "p": self.params.p, "positions": path})
+        question = (
+            f"Sequence: {' '.join(sequence)}. Start at the last symbol and hop "
+            f"{self.params.p} times; each hop moves to the symbol right after the "
+            "previous occurrence of the current symbol. Which symbol do you reach?"
+        )
+        return Problem(
+            question, sequence[path[-1] - 1], steps, {"sequence": sequence, "p": self.params.p, "positions": path}
+        )

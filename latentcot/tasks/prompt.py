@@ -8,6 +8,7 @@ extraction strategy looks for. Keeping both in one file means a user's own templ
 Placeholders are substituted in a single pass, so a question that happens to contain
 ``{question}`` or braces is inserted verbatim.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,23 +30,21 @@ class FewShot:
 class PromptTemplate:
     """A validated template (see :func:`latentcot.tasks.io.load_prompt_file` for the file format)."""
 
-    template: str                   # contains {question}; may contain {few_shot}, {answer_format}
-    answer_prefix: str              # e.g. "Answer:" or "####"
-    answer_format: str              # e.g. "Answer: <number>"
+    template: str  # contains {question}; may contain {few_shot}, {answer_format}
+    answer_prefix: str  # e.g. "Answer:" or "####"
+    answer_format: str  # e.g. "Answer: <number>"
     few_shot: tuple[FewShot, ...] = ()
     example_template: str = DEFAULT_EXAMPLE_TEMPLATE  # {question}, {solution}
-    stop: tuple[str, ...] = ()      # strings after which generation may stop
+    stop: tuple[str, ...] = ()  # strings after which generation may stop
     description: str = ""
-    source: str = ""                # the file it was read from
+    source: str = ""  # the file it was read from
 
     def render(self, question: str) -> str:
         """The full prompt for ``question``."""
         shots = "".join(
-            _fill(self.example_template, {"question": s.question, "solution": s.solution})
-            for s in self.few_shot
+            _fill(self.example_template, {"question": s.question, "solution": s.solution}) for s in self.few_shot
         )
-        return _fill(self.template, {"question": question, "few_shot": shots,
-                                     "answer_format": self.answer_format})
+        return _fill(self.template, {"question": question, "few_shot": shots, "answer_format": self.answer_format})
 
 
 def _fill(text: str, values: dict[str, str]) -> str:

@@ -18,6 +18,7 @@ experiments about reasoning.
 
 Facts are shuffled; the answer is ``True`` or ``False`` (balanced in expectation).
 """
+
 from __future__ import annotations
 
 import random
@@ -55,7 +56,7 @@ class ProntoQATask(GeneratorTask):
     def make(self, rng: random.Random) -> Problem:
         p = self.params
         words = rng.sample(CONCEPTS, p.hops + p.distractors)
-        chain, side = words[: p.hops], words[p.hops:]
+        chain, side = words[: p.hops], words[p.hops :]
         person, adjective = rng.choice(PEOPLE), rng.choice(ADJECTIVES)
         holds, asked = rng.random() < 0.5, rng.random() < 0.5  # fact polarity, query polarity
         facts = [f"Every {a} is a {b}." for a, b in zip(chain, chain[1:])]

@@ -23,6 +23,7 @@ Examples carry the COCONUT ProsQA fields in ``meta`` (``edges``, ``root``, ``tar
 ``neg_target``, ``idx_to_symbol``; node indices point into ``idx_to_symbol``, which also holds the
 person), so :func:`latentcot.tasks.io.write_coconut_json` writes files in that format.
 """
+
 from __future__ import annotations
 
 import random
@@ -90,9 +91,9 @@ class ProsQATask(GeneratorTask):
         order = list(range(count))
         rng.shuffle(order)  # node ids by role -> index in idx_to_symbol
         root = order[0]
-        path = [root] + order[1: 1 + p.hops]
-        dead = [root] + order[1 + p.hops: 1 + p.hops + p.dead]
-        chain = order[1 + p.hops + p.dead:]
+        path = [root] + order[1 : 1 + p.hops]
+        dead = [root] + order[1 + p.hops : 1 + p.hops + p.dead]
+        chain = order[1 + p.hops + p.dead :]
         edges = [e for line in (path, dead, chain) for e in zip(line, line[1:])]
         target, neg_target = path[-1], chain[-1]
         self._add_extra(rng, edges, root, target, neg_target)
@@ -112,8 +113,7 @@ class ProsQATask(GeneratorTask):
             if v == root or (u, v) in edges or u in reachable(edges, v):
                 continue
             trial = edges + [(u, v)]
-            if (neg_target not in reachable(trial, root)
-                    and distance(trial, root, target) == self.params.hops):
+            if neg_target not in reachable(trial, root) and distance(trial, root, target) == self.params.hops:
                 edges.append((u, v))
                 added += 1
 
@@ -128,6 +128,11 @@ class ProsQATask(GeneratorTask):
         question = " ".join(fact(u, v) for u, v in edges)
         question += f" Is {person} a {options[0]} or {options[1]}?"
         steps = tuple(fact(u, v) for u, v in zip(path, path[1:]))
-        meta = {"edges": [[u, v] for u, v in edges], "root": root, "target": target,
-                "neg_target": neg_target, "idx_to_symbol": names}
+        meta = {
+            "edges": [[u, v] for u, v in edges],
+            "root": root,
+            "target": target,
+            "neg_target": neg_target,
+            "idx_to_symbol": names,
+        }
         return Problem(question, f"{person} is a {names[target]}.", steps, meta)

@@ -2,11 +2,12 @@
 
 The registry is built once from a static tuple of classes and is read-only.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from latentcot.errors import InputError
 from latentcot.tasks.arithmetic import AdditionTask
@@ -19,7 +20,11 @@ from latentcot.tasks.prontoqa import ProntoQATask
 from latentcot.tasks.prosqa import ProsQATask
 
 _CLASSES: tuple[type[GeneratorTask], ...] = (
-    AdditionTask, PHopTask, IGSMTask, ProsQATask, ProntoQATask,
+    AdditionTask,
+    PHopTask,
+    IGSMTask,
+    ProsQATask,
+    ProntoQATask,
 )
 TASKS: Mapping[str, type[GeneratorTask]] = MappingProxyType({c.name: c for c in _CLASSES})
 FILE_SUFFIXES = (".json", ".jsonl")
@@ -27,8 +32,7 @@ FILE_SUFFIXES = (".json", ".jsonl")
 
 def list_tasks() -> list[tuple[str, str, str]]:
     """(name, domain, one-line description with the parameter defaults) per registered task."""
-    return [(c.name, c.domain, f"{c.description} [{c.params_type().canonical()}]")
-            for c in _CLASSES]
+    return [(c.name, c.domain, f"{c.description} [{c.params_type().canonical()}]") for c in _CLASSES]
 
 
 def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -56,5 +60,6 @@ def load_task(spec: str, prompt_file: str | None = None) -> Task:
     path = Path(spec)
     if path.suffix in FILE_SUFFIXES or path.exists():
         return FileTask(read_examples(path), prompt)
-    raise InputError(f"unknown task {spec!r}; valid tasks: {', '.join(TASKS)} "
-                     f"(or a path to a {' / '.join(FILE_SUFFIXES)} file)")
+    raise InputError(
+        f"unknown task {spec!r}; valid tasks: {', '.join(TASKS)} (or a path to a {' / '.join(FILE_SUFFIXES)} file)"
+    )

@@ -14,15 +14,13 @@ engine decodes with ``--gate fixed --k s·c --latent hidden --markers "<bot>,<eo
 marker is fed, each latent is the final hidden state of the previous position, then the end
 marker, then tokens.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -50,16 +48,22 @@ def write_prompt_file(directory: Path) -> Path:
 class Batch:
     """Token ids of one training batch; the latent segment lies between prefix and suffix."""
 
-    prefix_ids: torch.Tensor    # (B, P) long, left-padded prompt [+ <bot>]
-    prefix_mask: torch.Tensor   # (B, P) long, 0 = padding
-    n_latent: int               # latent positions after the prefix, the same for every row
-    suffix_ids: torch.Tensor    # (B, S) long, right-padded [<eot>] + completion + <eos>
-    suffix_mask: torch.Tensor   # (B, S) long, 0 = padding
-    loss_mask: torch.Tensor     # (B, S) bool, True where the token is a training target
+    prefix_ids: torch.Tensor  # (B, P) long, left-padded prompt [+ <bot>]
+    prefix_mask: torch.Tensor  # (B, P) long, 0 = padding
+    n_latent: int  # latent positions after the prefix, the same for every row
+    suffix_ids: torch.Tensor  # (B, S) long, right-padded [<eot>] + completion + <eos>
+    suffix_mask: torch.Tensor  # (B, S) long, 0 = padding
+    loss_mask: torch.Tensor  # (B, S) bool, True where the token is a training target
 
     def to(self, device) -> Batch:
-        return Batch(self.prefix_ids.to(device), self.prefix_mask.to(device), self.n_latent,
-                     self.suffix_ids.to(device), self.suffix_mask.to(device), self.loss_mask.to(device))
+        return Batch(
+            self.prefix_ids.to(device),
+            self.prefix_mask.to(device),
+            self.n_latent,
+            self.suffix_ids.to(device),
+            self.suffix_mask.to(device),
+            self.loss_mask.to(device),
+        )
 
 
 def _ids(tokenizer, text: str) -> list[int]:

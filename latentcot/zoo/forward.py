@@ -6,6 +6,7 @@ therefore needs the one before it: the prefix is run once into a KV cache, then 
 forward per latent, then the suffix in one cached forward. Gradients flow through every latent
 into the positions it came from (back-propagation through the continuous thought).
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,29 +38,36 @@ def predicting_hidden(model, batch: Batch, aux: list | None = None, **model_kwar
     run = functools.partial(_final_hidden, model, aux, **model_kwargs)
     prefix_width = batch.prefix_ids.shape[1]
     if batch.n_latent == 0:  # no latents: one ordinary forward over prefix + suffix
-        ids = torch.cat([batch.prefix_ids, batch.suffix_ids], dim=1)      # (B, P + S)
-        mask = torch.cat([batch.prefix_mask, batch.suffix_mask], dim=1)   # (B, P + S)
+        ids = torch.cat([batch.prefix_ids, batch.suffix_ids], dim=1)  # (B, P + S)
+        mask = torch.cat([batch.prefix_mask, batch.suffix_mask], dim=1)  # (B, P + S)
         hidden = run(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
-        return hidden[:, prefix_width - 1: -1]                            # (B, S, D)
+        return hidden[:, prefix_width - 1 : -1]  # (B, S, D)
 
     cache = DynamicCache(config=model.config)
     mask, positions = batch.prefix_mask, _positions(batch.prefix_mask)
-    hidden = run(input_ids=batch.prefix_ids, attention_mask=mask, position_ids=positions,
-                 past_key_values=cache, use_cache=True)
-    last = hidden[:, -1:]                                                 # (B, 1, D) at <bot>
-    next_position = positions[:, -1:] + 1                                 # (B, 1)
+    hidden = run(
+        input_ids=batch.prefix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+    )
+    last = hidden[:, -1:]  # (B, 1, D) at <bot>
+    next_position = positions[:, -1:] + 1  # (B, 1)
     ones = torch.ones_like(mask[:, :1])
     for _ in range(batch.n_latent):  # latent i is fed the hidden state of the position before it
         mask = torch.cat([mask, ones], dim=1)
-        last = run(inputs_embeds=last, attention_mask=mask, position_ids=next_position,
-                   past_key_values=cache, use_cache=True)                 # (B, 1, D)
+        last = run(
+            inputs_embeds=last, attention_mask=mask, position_ids=next_position, past_key_values=cache, use_cache=True
+        )  # (B, 1, D)
         next_position = next_position + 1
     suffix_width = batch.suffix_ids.shape[1]
     mask = torch.cat([mask, batch.suffix_mask], dim=1)
     suffix_positions = next_position + torch.arange(suffix_width, device=mask.device)  # (B, S)
-    hidden = run(input_ids=batch.suffix_ids, attention_mask=mask, position_ids=suffix_positions,
-                 past_key_values=cache, use_cache=True)
-    return torch.cat([last, hidden[:, :-1]], dim=1)                       # (B, S, D)
+    hidden = run(
+        input_ids=batch.suffix_ids,
+        attention_mask=mask,
+        position_ids=suffix_positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return torch.cat([last, hidden[:, :-1]], dim=1)  # (B, S, D)
 
 
 def loss_of(model, batch: Batch, **model_kwargs) -> torch.Tensor:

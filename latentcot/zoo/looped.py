@@ -25,10 +25,11 @@ Training may draw L per step (``train_loops="uniform"``, see :func:`training_loo
 the base model's output), pulling iterations toward a fixed point so that exits happen.
 Importing this module registers the model with ``AutoConfig`` / ``AutoModelForCausalLM``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,26 +37,28 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, LlamaConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaPreTrainedModel, LlamaRMSNorm,
-                                                      LlamaRotaryEmbedding)
+from transformers.models.llama.modeling_llama import (
+    LlamaDecoderLayer,
+    LlamaPreTrainedModel,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+)
 
-from latentcot.errors import InputError
-from latentcot.zoo.settings import INJECTIONS, MODEL_TYPE, POSITIONS, TRAIN_LOOPS, parse_arch_spec  # noqa: F401
 from latentcot.looping import ExitTracker, LoopConfig
 from latentcot.repeat import CacheSlot, ensure_cache_depth
-
+from latentcot.zoo.settings import INJECTIONS, MODEL_TYPE, POSITIONS, TRAIN_LOOPS, parse_arch_spec  # noqa: F401
 
 
 class LoopedConfig(LlamaConfig):
     model_type = MODEL_TYPE
-    block_layers: int = 1          # k: decoder layers in the shared block
-    loops: int = 1                 # L: iterations of the block (decoding may override it)
-    prelude: int = 0               # unshared layers before the loop
-    coda: int = 0                  # unshared layers after the loop
-    inject: str = "none"           # none | add | concat: how the prelude output re-enters each iteration
-    train_loops: str = "fixed"     # fixed | uniform: L per training step drawn from {1, ..., 2L-1}
-    cosine_weight: float = 0.0     # training: weight of the successive-iteration cosine regulariser
-    positions: str = "rope"        # rope | learned: rotary in every attention, or (as GPT-2) a learned
+    block_layers: int = 1  # k: decoder layers in the shared block
+    loops: int = 1  # L: iterations of the block (decoding may override it)
+    prelude: int = 0  # unshared layers before the loop
+    coda: int = 0  # unshared layers after the loop
+    inject: str = "none"  # none | add | concat: how the prelude output re-enters each iteration
+    train_loops: str = "fixed"  # fixed | uniform: L per training step drawn from {1, ..., 2L-1}
+    cosine_weight: float = 0.0  # training: weight of the successive-iteration cosine regulariser
+    positions: str = "rope"  # rope | learned: rotary in every attention, or (as GPT-2) a learned
     #                                absolute embedding added to the input, which tiny models align digits with faster
 
     def __post_init__(self, **kwargs):
@@ -81,13 +84,13 @@ class LoopedConfig(LlamaConfig):
 
 @dataclass
 class LoopedModelOutput(BaseModelOutputWithPast):
-    loops: torch.LongTensor | None = None    # (B, T) iterations applied at each position
+    loops: torch.LongTensor | None = None  # (B, T) iterations applied at each position
     regularizer: torch.Tensor | None = None  # () weighted cosine term (training with cosine_weight > 0)
 
 
 @dataclass
 class LoopedCausalLMOutput(CausalLMOutputWithPast):
-    loops: torch.LongTensor | None = None    # (B, T) iterations applied at each position
+    loops: torch.LongTensor | None = None  # (B, T) iterations applied at each position
 
 
 class LoopedPreTrainedModel(LlamaPreTrainedModel):
@@ -101,15 +104,18 @@ class LoopedModel(LoopedPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.embed_positions = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
-                                if config.positions == "learned" else None)
+        self.embed_positions = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.positions == "learned" else None
+        )
         # layer_idx is only a default: every application writes through its own CacheSlot
         self.prelude = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.prelude))
         self.block = nn.ModuleList(LlamaDecoderLayer(config, config.prelude + i) for i in range(config.block_layers))
-        self.coda = nn.ModuleList(LlamaDecoderLayer(config, config.depth(config.loops) - config.coda + i)
-                                  for i in range(config.coda))
-        self.adapter = (nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)
-                        if config.inject == "concat" else None)
+        self.coda = nn.ModuleList(
+            LlamaDecoderLayer(config, config.depth(config.loops) - config.coda + i) for i in range(config.coda)
+        )
+        self.adapter = (
+            nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False) if config.inject == "concat" else None
+        )
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
         self.gradient_checkpointing = False
@@ -121,10 +127,19 @@ class LoopedModel(LoopedPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, looping: LoopConfig | None = None,
-                readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                output_hidden_states: bool | None = None, **kwargs) -> LoopedModelOutput:
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        looping: LoopConfig | None = None,
+        readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> LoopedModelOutput:
         """``looping``: loops per token and exit rule (None = the config's L, no exit); an exit rule
         needs ``readout``, mapping states (B, T, D) to logits (B, T, V)."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -133,7 +148,7 @@ class LoopedModel(LoopedPreTrainedModel):
             raise ValueError("an adaptive loop exit needs a readout (use LoopedForCausalLM)")
         kwargs.pop("return_dict", None)
         kwargs.pop("output_attentions", None)
-        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds     # (B, T, D)
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
@@ -141,10 +156,15 @@ class LoopedModel(LoopedPreTrainedModel):
         ensure_cache_depth(past_key_values, self.config.depth(n_loops))
         if position_ids is None:
             seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = (torch.arange(h.shape[1], device=h.device) + seen)[None]       # (1, T)
-        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=attention_mask,
-                                  past_key_values=past_key_values, position_ids=position_ids)
-        cos_sin = self.rotary_emb(h, position_ids=position_ids)          # 2 × (B, T, head_dim)
+            position_ids = (torch.arange(h.shape[1], device=h.device) + seen)[None]  # (1, T)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=h,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        cos_sin = self.rotary_emb(h, position_ids=position_ids)  # 2 × (B, T, head_dim)
         if self.embed_positions is not None:  # absolute positions instead: attention rotates nothing
             h = h + self.embed_positions(position_ids)
             cos_sin = (torch.ones_like(cos_sin[0]), torch.zeros_like(cos_sin[1]))
@@ -152,8 +172,15 @@ class LoopedModel(LoopedPreTrainedModel):
 
         def apply(layer: nn.Module, x: torch.Tensor, slot: int) -> torch.Tensor:
             cache = CacheSlot(past_key_values, slot) if past_key_values is not None else None
-            x = layer(x, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                      use_cache=use_cache, position_embeddings=cos_sin, **kwargs)
+            x = layer(
+                x,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=use_cache,
+                position_embeddings=cos_sin,
+                **kwargs,
+            )
             if states is not None:
                 states.append(x)
             return x
@@ -167,9 +194,13 @@ class LoopedModel(LoopedPreTrainedModel):
         h = self.norm(h)
         if states is not None:
             states[-1] = h  # as HF models: the last entry is the final (post-norm) state
-        return LoopedModelOutput(last_hidden_state=h, past_key_values=past_key_values if use_cache else None,
-                                 hidden_states=tuple(states) if states is not None else None, loops=used,
-                                 regularizer=regularizer)
+        return LoopedModelOutput(
+            last_hidden_state=h,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(states) if states is not None else None,
+            loops=used,
+            regularizer=regularizer,
+        )
 
     def _inject(self, state: torch.Tensor, entry: torch.Tensor, iteration: int) -> torch.Tensor:
         """The input x_l of iteration ``iteration`` (1-based), (B, T, D)."""
@@ -182,8 +213,11 @@ class LoopedModel(LoopedPreTrainedModel):
     def _loop(self, entry: torch.Tensor, n_loops: int, apply, looping: LoopConfig | None, readout):
         """Iterate the block; returns the final state (B, T, D), iterations used (B, T), regularizer."""
         k, first = len(self.block), self.config.prelude
-        tracker = (ExitTracker(looping, n_loops, entry.shape[:-1], entry.device)
-                   if looping is not None and looping.adaptive else None)
+        tracker = (
+            ExitTracker(looping, n_loops, entry.shape[:-1], entry.device)
+            if looping is not None and looping.adaptive
+            else None
+        )
         regularize = self.training and self.config.cosine_weight > 0 and n_loops > 1
         state, distances = entry, []
         for iteration in range(1, n_loops + 1):
@@ -218,21 +252,44 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
         capture of the final hidden state must see only the real head call)."""
         return F.linear(self.model.norm(state), self.lm_head.weight)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep: int | torch.Tensor = 0,
-                looping: LoopConfig | None = None, output_hidden_states: bool | None = None,
-                **kwargs) -> LoopedCausalLMOutput:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                         looping=looping, readout=self._readout, output_hidden_states=output_hidden_states,
-                         **kwargs)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep: int | torch.Tensor = 0,
+        looping: LoopConfig | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> LoopedCausalLMOutput:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            looping=looping,
+            readout=self._readout,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(out.last_hidden_state[:, keep, :])                       # (B, T', V)
+        logits = self.lm_head(out.last_hidden_state[:, keep, :])  # (B, T', V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return LoopedCausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                    hidden_states=out.hidden_states, loops=out.loops)
+        return LoopedCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            loops=out.loops,
+        )
 
 
 def is_looped(model) -> bool:

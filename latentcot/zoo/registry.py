@@ -5,6 +5,7 @@ go to ``$LATENTCOT_HOME/models/<name>/`` (default ``~/.cache/latentcot``). Each 
 ``save_pretrained`` directory with a ``card.json``: the task and method it was trained with,
 its measured test accuracy, and the command that reproduces it.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,9 @@ def user_root() -> Path:
 @dataclass(frozen=True)
 class ZooModel:
     name: str
-    origin: str                 # "built-in" | "user"
+    origin: str  # "built-in" | "user"
     path: Path
-    card: dict[str, Any]        # empty when the directory has no readable card.json
+    card: dict[str, Any]  # empty when the directory has no readable card.json
 
     @property
     def missing(self) -> list[str]:
@@ -76,6 +77,7 @@ def resolve(name: str) -> Path:
     """Directory of the zoo model ``name`` (what ``builtin:NAME`` refers to)."""
     models = {m.name: m for m in list_models()}
     if name not in models:
-        raise InputError(f"unknown built-in model {name!r}; available: {', '.join(models) or 'none'} "
-                         "(`latentcot models` lists them)")
+        raise InputError(
+            f"unknown built-in model {name!r}; available: {', '.join(models) or 'none'} (`latentcot models` lists them)"
+        )
     return models[name].path

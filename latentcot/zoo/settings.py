@@ -22,8 +22,17 @@ if TYPE_CHECKING:  # latentcot.types imports torch
 METHODS = ("cot", "nocot", "coconut")
 LR_DECAYS = ("none", "cosine")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
-POSITIVE_INTS = ("hidden", "layers", "heads", "batch_size", "steps", "c", "eval_every", "eval_examples",
-                 "test_examples")
+POSITIVE_INTS = (
+    "hidden",
+    "layers",
+    "heads",
+    "batch_size",
+    "steps",
+    "c",
+    "eval_every",
+    "eval_examples",
+    "test_examples",
+)
 ANSWER_PREFIX = "Answer:"
 MARKERS = ("<bot>", "<eot>")  # begin / end of a latent (continuous) thought segment
 ARCHITECTURES = ("gpt2", "llama", "qwen2")  # plain architectures of new models (see zoo.tiny)
@@ -32,8 +41,16 @@ MODEL_TYPE = "looped"
 INJECTIONS = ("none", "add", "concat")
 POSITIONS = ("rope", "learned")
 TRAIN_LOOPS = ("fixed", "uniform")
-SPEC_KEYS = {"k": "block_layers", "L": "loops", "prelude": "prelude", "coda": "coda", "inject": "inject",
-             "random": "train_loops", "cos": "cosine_weight", "pos": "positions"}
+SPEC_KEYS = {
+    "k": "block_layers",
+    "L": "loops",
+    "prelude": "prelude",
+    "coda": "coda",
+    "inject": "inject",
+    "random": "train_loops",
+    "cos": "cosine_weight",
+    "pos": "positions",
+}
 
 
 def parse_arch_spec(spec: str) -> dict:
@@ -74,10 +91,10 @@ def parse_arch_spec(spec: str) -> dict:
 class Layout:
     """How one batch of examples is laid out: the method and its curriculum stage."""
 
-    method: str           # cot | nocot | coconut
-    stage: int = 0        # coconut: how many leading steps are replaced by latents
-    c: int = 1            # coconut: latent positions per replaced step
-    max_stage: int = 1    # coconut: at this stage every step is replaced
+    method: str  # cot | nocot | coconut
+    stage: int = 0  # coconut: how many leading steps are replaced by latents
+    c: int = 1  # coconut: latent positions per replaced step
+    max_stage: int = 1  # coconut: at this stage every step is replaced
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -97,7 +114,7 @@ class Layout:
         if self.method == "nocot" or (self.method == "coconut" and self.stage >= self.max_stage):
             return ()
         if self.method == "coconut":
-            return tuple(steps[self.stage:])
+            return tuple(steps[self.stage :])
         return tuple(steps)
 
     def completion(self, example: Example) -> str:
@@ -118,19 +135,24 @@ class TrainConfig:
     those marked ``cli=False``, named after it (``--batch-size`` for ``batch_size``), with the
     field's type, default and help."""
 
-    task: str = described(help="Registered task (name or name:key=value,...), e.g. addition:n=4,digits=2,reverse=1, "
-                               "or a .json/.jsonl file.")
+    task: str = described(
+        help="Registered task (name or name:key=value,...), e.g. addition:n=4,digits=2,reverse=1, "
+        "or a .json/.jsonl file."
+    )
     method: str = described(help="cot (steps, then answer) | nocot (answer only) | coconut (latent curriculum).")
     init: str | None = described(None, "coconut: the cot model directory to start from (required).")
-    arch: str = described("llama", "gpt2 | llama | qwen2 | looped:k=K,L=L[,prelude=P,coda=C,inject=add,random=1,"
-                                   "cos=W,pos=learned] (new models only).")
+    arch: str = described(
+        "llama",
+        "gpt2 | llama | qwen2 | looped:k=K,L=L[,prelude=P,coda=C,inject=add,random=1,"
+        "cos=W,pos=learned] (new models only).",
+    )
     hidden: int = described(128, "Model width; head_dim = hidden / heads (new models only).")
     layers: int = described(4, "Transformer layers (new models only).")
     heads: int = described(4, "Attention heads (new models only).")
-    tokenizer: str = described("char", "char (one token per character) | word (word pieces; for made-up words, "
-                                       "e.g. prosqa) (new models only).")
-    dropout: float = described(0.0, "Dropout of a new model (synthetic data never repeats: none is needed).",
-                               cli=False)
+    tokenizer: str = described(
+        "char", "char (one token per character) | word (word pieces; for made-up words, e.g. prosqa) (new models only)."
+    )
+    dropout: float = described(0.0, "Dropout of a new model (synthetic data never repeats: none is needed).", cli=False)
     lr: float = described(3e-3, "Peak learning rate (AdamW).")
     warmup: int = described(100, "Linear warm-up steps (restarted with each coconut stage).")
     decay: str = described("none", "Learning rate after warm-up: none (constant) | cosine (to 10 % at a stage's end).")
@@ -146,8 +168,11 @@ class TrainConfig:
     seed: int = described(0, "Seed of the init, the data order and stage mixing.")
     device: str = described("cpu", "cpu | cuda | cuda:N.")
     dtype: str = described("float32", "float32 | float64 (float64 for exact tests).", cli=False)
-    save_dtype: str = described("float32", "Dtype of the saved weights: float32 | float16 | bfloat16 (the card's "
-                                           "accuracy is measured on them; also applies on --resume).")
+    save_dtype: str = described(
+        "float32",
+        "Dtype of the saved weights: float32 | float16 | bfloat16 (the card's "
+        "accuracy is measured on them; also applies on --resume).",
+    )
     eval_every: int = described(500, "Steps between validation checks and checkpoints.")
     eval_examples: int = described(200, "Valid-split examples per check.")
     test_examples: int = described(500, "Test-split examples measured for card.json.")
@@ -157,10 +182,14 @@ class TrainConfig:
         if self.arch.partition(":")[0] == "looped":
             parse_arch_spec(self.arch)  # raises InputError naming a bad option
         else:
-            require(self.arch in ARCHITECTURES,
-                    f"unknown arch {self.arch!r}; valid: {', '.join(ARCHITECTURES)}, looped:k=K,L=L,...")
-        require(self.method != "coconut" or self.init is not None,
-                "--method coconut needs --init DIR, a cot model of the same task to start from")
+            require(
+                self.arch in ARCHITECTURES,
+                f"unknown arch {self.arch!r}; valid: {', '.join(ARCHITECTURES)}, looped:k=K,L=L,...",
+            )
+        require(
+            self.method != "coconut" or self.init is not None,
+            "--method coconut needs --init DIR, a cot model of the same task to start from",
+        )
         require(self.method == "coconut" or self.init is None, "--init only applies to --method coconut")
         if self.init is not None:  # one spelling per directory ("m/" is "m"), so --resume compares like with like
             require(isinstance(self.init, (str, Path)) and str(self.init).strip(), "--init must name a directory")
@@ -168,23 +197,34 @@ class TrainConfig:
         for name in POSITIVE_INTS:
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an integer >= 1")
         require(self.hidden % self.heads == 0, f"hidden {self.hidden} is not divisible by heads {self.heads}")
-        require(all(is_number(getattr(self, n)) for n in ("lr", "grad_clip", "weight_decay", "dropout", "mix_prob")),
-                "lr, grad_clip, weight_decay, dropout and mix_prob must be numbers")
-        require(self.lr > 0 and self.grad_clip > 0 and self.weight_decay >= 0,
-                "lr and grad_clip must be > 0, weight_decay >= 0")
+        require(
+            all(is_number(getattr(self, n)) for n in ("lr", "grad_clip", "weight_decay", "dropout", "mix_prob")),
+            "lr, grad_clip, weight_decay, dropout and mix_prob must be numbers",
+        )
+        require(
+            self.lr > 0 and self.grad_clip > 0 and self.weight_decay >= 0,
+            "lr and grad_clip must be > 0, weight_decay >= 0",
+        )
         require(is_int(self.warmup) and self.warmup >= 0, "warmup must be an integer >= 0")
         require_choice(self.tokenizer, TOKENIZER_KINDS, "tokenizer")
         require_choice(self.decay, LR_DECAYS, "lr decay")
         require(0 <= self.dropout < 1 and 0 <= self.mix_prob <= 1, "dropout must be in [0, 1), mix_prob in [0, 1]")
-        require(self.max_stage is None or (is_int(self.max_stage) and self.max_stage >= 1),
-                "max_stage must be an integer >= 1")
-        require(is_int(self.start_stage) and self.start_stage >= 0
-                and (self.max_stage is None or self.start_stage <= self.max_stage),
-                "start_stage must be in 0..max_stage")
+        require(
+            self.max_stage is None or (is_int(self.max_stage) and self.max_stage >= 1),
+            "max_stage must be an integer >= 1",
+        )
+        require(
+            is_int(self.start_stage)
+            and self.start_stage >= 0
+            and (self.max_stage is None or self.start_stage <= self.max_stage),
+            "start_stage must be in 0..max_stage",
+        )
         require(isinstance(self.reset_optimizer, bool), "reset_optimizer must be true or false")
         require(is_int(self.seed), "seed must be an integer")
-        require(isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
-                f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N")
+        require(
+            isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+            f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N",
+        )
         require_choice(self.dtype, ("float32", "float64"), "dtype")
         require_choice(self.save_dtype, SAVE_DTYPES, "save dtype")
 

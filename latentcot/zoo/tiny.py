@@ -3,14 +3,14 @@
 They need no download, so tests, benchmarks and training start from them. A model built here
 is an ordinary HF ``PreTrainedModel``: ``save_pretrained`` it and any HF tool can load it.
 """
+
 from __future__ import annotations
 
 import string
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoConfig, AutoModelForCausalLM, PreTrainedModel,
-                          PreTrainedTokenizerFast)
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from latentcot.zoo.settings import ARCHITECTURES, parse_arch_spec
 from latentcot.zoo.settings import MARKERS as THOUGHT_MARKERS
@@ -22,8 +22,9 @@ DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + "
 WORD_PIECE = r" ?[A-Za-z]+| ?[^A-Za-z\s]|\s"
 
 
-def char_tokenizer(alphabet: str = DEFAULT_ALPHABET,
-                   extra_special: tuple[str, ...] = THOUGHT_MARKERS) -> PreTrainedTokenizerFast:
+def char_tokenizer(
+    alphabet: str = DEFAULT_ALPHABET, extra_special: tuple[str, ...] = THOUGHT_MARKERS
+) -> PreTrainedTokenizerFast:
     """One token per character of ``alphabet``, plus special tokens; decodes without separators."""
     specials = [*SPECIAL_TOKENS, *extra_special]
     chars = sorted(set(alphabet) - set(specials))
@@ -47,44 +48,88 @@ def word_tokenizer(pieces, extra_special: tuple[str, ...] = THOUGHT_MARKERS) -> 
 
 def _fast(backend: Tokenizer, extra_special: tuple[str, ...]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
-        eos_token="<eos>", additional_special_tokens=list(extra_special),
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        additional_special_tokens=list(extra_special),
     )
 
 
-def tiny_config(arch: str, vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 2,
-                positions: int = 512, init_std: float = 0.02, pad_id: int = 0, bos_id: int = 2,
-                eos_id: int = 3):
+def tiny_config(
+    arch: str,
+    vocab_size: int,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    positions: int = 512,
+    init_std: float = 0.02,
+    pad_id: int = 0,
+    bos_id: int = 2,
+    eos_id: int = 3,
+):
     """An HF config of ``arch`` at toy size. head_dim = hidden / heads (vLLM's CPU backend needs >= 32).
 
     ``arch`` may also be a looped spec, ``looped:k=2,L=4[,prelude=1,coda=1,inject=add,random=1,cos=0.1,pos=learned]``
     (see latentcot.zoo.looped); ``layers`` is then ignored: the spec gives the depth."""
     if arch.partition(":")[0] == "looped":
         from latentcot.zoo.looped import LoopedConfig
-        return LoopedConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
-                            num_key_value_heads=heads, max_position_embeddings=positions, vocab_size=vocab_size,
-                            pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
-                            initializer_range=init_std, tie_word_embeddings=False, **parse_arch_spec(arch))
+
+        return LoopedConfig(
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=positions,
+            vocab_size=vocab_size,
+            pad_token_id=pad_id,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            initializer_range=init_std,
+            tie_word_embeddings=False,
+            **parse_arch_spec(arch),
+        )
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
-    ids = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id,
-               initializer_range=init_std, tie_word_embeddings=False)
+    ids = dict(
+        vocab_size=vocab_size,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        initializer_range=init_std,
+        tie_word_embeddings=False,
+    )
     if arch == "gpt2":
-        return AutoConfig.for_model("gpt2", n_embd=hidden, n_layer=layers, n_head=heads,
-                                    n_positions=positions, **ids)
-    return AutoConfig.for_model(arch, hidden_size=hidden, intermediate_size=4 * hidden,
-                                num_hidden_layers=layers, num_attention_heads=heads,
-                                num_key_value_heads=heads, max_position_embeddings=positions, **ids)
+        return AutoConfig.for_model("gpt2", n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions, **ids)
+    return AutoConfig.for_model(
+        arch,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=positions,
+        **ids,
+    )
 
 
-def tiny_model(arch: str, tokenizer: PreTrainedTokenizerFast, *, seed: int = 0,
-               vocab_size: int | None = None, **config_kwargs) -> PreTrainedModel:
+def tiny_model(
+    arch: str, tokenizer: PreTrainedTokenizerFast, *, seed: int = 0, vocab_size: int | None = None, **config_kwargs
+) -> PreTrainedModel:
     """A random-init causal LM of ``arch`` for ``tokenizer``, deterministic in ``seed``.
 
     ``vocab_size`` larger than the tokenizer's gives a model with a realistic output layer
     (e.g. 151936 rows, as Qwen2) whose extra tokens decode to nothing."""
-    config = tiny_config(arch, vocab_size or len(tokenizer), pad_id=tokenizer.pad_token_id,
-                         bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, **config_kwargs)
+    config = tiny_config(
+        arch,
+        vocab_size or len(tokenizer),
+        pad_id=tokenizer.pad_token_id,
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id,
+        **config_kwargs,
+    )
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)

@@ -6,11 +6,12 @@ Built with the ``tokenizers`` library (via :mod:`latentcot.zoo.tiny`) and saved 
 ``PreTrainedTokenizerFast``, so ``AutoTokenizer.from_pretrained(model_dir)`` loads it.
 Special tokens: ``<pad> <unk> <bos> <eos>`` and the thought markers ``<bot> <eot>``.
 """
+
 from __future__ import annotations
 
 import re
 import string
-from typing import Iterable
+from collections.abc import Iterable
 
 from transformers import PreTrainedTokenizerFast
 
@@ -19,8 +20,8 @@ from latentcot.types import Example
 from latentcot.zoo.settings import TOKENIZER_KINDS
 from latentcot.zoo.tiny import THOUGHT_MARKERS, WORD_PIECE, char_tokenizer, word_tokenizer
 
-ALWAYS = string.digits + " \n"   # every model can at least write numbers and line breaks
-SCAN_EXAMPLES = 2000             # train examples scanned for characters / word pieces
+ALWAYS = string.digits + " \n"  # every model can at least write numbers and line breaks
+SCAN_EXAMPLES = 2000  # train examples scanned for characters / word pieces
 KINDS = TOKENIZER_KINDS
 
 
@@ -50,8 +51,9 @@ def task_word_pieces(task: Task, answer_prefix: str, n: int = SCAN_EXAMPLES, see
     return pieces
 
 
-def task_tokenizer(task: Task, answer_prefix: str, n: int = SCAN_EXAMPLES, seed: int = 0,
-                   kind: str = "char") -> PreTrainedTokenizerFast:
+def task_tokenizer(
+    task: Task, answer_prefix: str, n: int = SCAN_EXAMPLES, seed: int = 0, kind: str = "char"
+) -> PreTrainedTokenizerFast:
     """One token per character (or word piece) the task uses, plus special tokens and thought markers."""
     if kind == "word":
         tokenizer = word_tokenizer(task_word_pieces(task, answer_prefix, n, seed), THOUGHT_MARKERS)

@@ -15,6 +15,7 @@ Output directory: HF ``save_pretrained`` files, the tokenizer, ``prompt.json`` (
 model was trained with), ``train_log.jsonl`` (one line per evaluation), ``checkpoint.pt``
 (model, optimizer, step, RNG: what ``resume`` continues from) and finally ``card.json``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,16 @@ def default_out(cfg: TrainConfig) -> Path:
 
 
 def _new_model(cfg: TrainConfig, tokenizer):
-    config = tiny_config(cfg.arch, len(tokenizer), hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
-                         pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id)
+    config = tiny_config(
+        cfg.arch,
+        len(tokenizer),
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        heads=cfg.heads,
+        pad_id=tokenizer.pad_token_id,
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id,
+    )
     for name in DROPOUT_FIELDS:
         if hasattr(config, name):
             setattr(config, name, cfg.dropout)
@@ -89,8 +98,12 @@ def _new_model(cfg: TrainConfig, tokenizer):
 def _shape_of(config) -> dict:
     """TrainConfig's shape fields read back from an HF config (gpt2 and llama-style names)."""
     get = lambda *names: next(getattr(config, n) for n in names if hasattr(config, n))  # noqa: E731
-    return {"arch": config.model_type, "hidden": get("hidden_size", "n_embd"),
-            "layers": get("num_hidden_layers", "n_layer"), "heads": get("num_attention_heads", "n_head")}
+    return {
+        "arch": config.model_type,
+        "hidden": get("hidden_size", "n_embd"),
+        "layers": get("num_hidden_layers", "n_layer"),
+        "heads": get("num_attention_heads", "n_head"),
+    }
 
 
 def _tokenizer_kind(model_dir: Path) -> str:
@@ -109,8 +122,10 @@ def _check_device(device: str) -> None:
 
 
 def _check_init(init: Path) -> None:
-    require((init / "config.json").is_file() and (init / PROMPT_FILE).is_file(),
-            f"--init {init} is not a trained zoo model (needs config.json and {PROMPT_FILE})")
+    require(
+        (init / "config.json").is_file() and (init / PROMPT_FILE).is_file(),
+        f"--init {init} is not a trained zoo model (needs config.json and {PROMPT_FILE})",
+    )
 
 
 def _load_task(cfg: TrainConfig, out: Path, resume: bool) -> Task:
@@ -185,11 +200,14 @@ def evaluate(model, tokenizer, task, examples, decode: dict, batch_size: int = 1
     gate = make_gate(GateConfig(decode["gate"], k=decode.get("k")))
     latent = make_latent(LatentConfig(decode.get("latent", "hidden")))
     longest = max(len(tokenizer(Layout("cot").completion(e))["input_ids"]) for e in examples)
-    cfg = DecodeConfig(max_new_tokens=longest + decode.get("k", 0) + 8, stop=task.stop,
-                       markers=tuple(decode["markers"]) if decode.get("markers") else None)
+    cfg = DecodeConfig(
+        max_new_tokens=longest + decode.get("k", 0) + 8,
+        stop=task.stop,
+        markers=tuple(decode["markers"]) if decode.get("markers") else None,
+    )
     engine, correct = Engine(model, tokenizer), 0
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start: start + batch_size]
+        chunk = examples[start : start + batch_size]
         traces = engine.generate([task.prompt(e) for e in chunk], gate, latent, cfg, seed=0)
         correct += sum(task.score(e, task.extract(t.completion).prediction) for e, t in zip(chunk, traces))
     model.train(was_training)
@@ -219,22 +237,34 @@ def _check_out(cfg: TrainConfig, out: Path, resume: bool) -> TrainConfig:
     """The config to train with: ``cfg``, or on resume the saved one with APPLIED_ON_RESUME taken
     from ``cfg``; any other setting that differs from the saved run is refused, never ignored."""
     if not resume:
-        require(not out.exists() or (out.is_dir() and not any(out.iterdir())),
-                f"output directory {out} is not empty (pass --resume to continue it)")
+        require(
+            not out.exists() or (out.is_dir() and not any(out.iterdir())),
+            f"output directory {out} is not empty (pass --resume to continue it)",
+        )
         return cfg
     require((out / CHECKPOINT).is_file(), f"nothing to resume: {out / CHECKPOINT} does not exist")
     saved = from_mapping(TrainConfig, torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")["config"])
     # What the command leaves open stands for the saved run's resolved value: max_stage None (the
     # task's step count) and, with an init model, the init's shape and tokenizer.
     inherited = (() if cfg.max_stage is not None else ("max_stage",)) + (INIT_FIELDS if cfg.init else ())
-    differ = [f.name for f in dataclasses.fields(cfg) if f.name not in APPLIED_ON_RESUME + inherited
-              and getattr(cfg, f.name) != getattr(saved, f.name)]
+    differ = [
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.name not in APPLIED_ON_RESUME + inherited and getattr(cfg, f.name) != getattr(saved, f.name)
+    ]
     require(not differ, f"--resume with settings that differ from the saved run: {', '.join(differ)}")
     return dataclasses.replace(saved, **{name: getattr(cfg, name) for name in APPLIED_ON_RESUME})
 
 
-def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[str] | None = None,
-          until_step: int | None = None, progress: bool = True) -> dict:
+def train(
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    argv: Sequence[str] | None = None,
+    until_step: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train, log, checkpoint, test; returns the card (None-free dict). ``until_step`` stops early
     after checkpointing, as an interruption would (``resume`` continues from there)."""
     out = Path(out).expanduser()
@@ -259,8 +289,9 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, within)
         examples = _train_examples(cfg, task, step)
-        batch = encode(tokenizer, [task.prompt(e) for e in examples], examples,
-                       cfg.layout(_batch_stage(cfg, step, stage))).to(cfg.device)
+        batch = encode(
+            tokenizer, [task.prompt(e) for e in examples], examples, cfg.layout(_batch_stage(cfg, step, stage))
+        ).to(cfg.device)
         # a looped model may draw its loop count per step (seeded by step, so resume draws the same)
         looping = {"looping": LoopConfig(training_loops(model.config, cfg.seed, step))} if is_looped(model) else {}
         loss = loss_of(model, batch, **looping)
@@ -276,8 +307,14 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, argv: Sequence[s
         if step % cfg.eval_every == 0 or stage_done or step == stop_at:
             accuracy = evaluate(model, tokenizer, task, valid, cfg.decode(stage))
             seconds = time.monotonic() - started
-            line = {"step": step, "stage": stage, "loss": sum(losses) / len(losses), "valid_accuracy": accuracy,
-                    "valid_examples": len(valid), "seconds": round(seconds, 1)}
+            line = {
+                "step": step,
+                "stage": stage,
+                "loss": sum(losses) / len(losses),
+                "valid_accuracy": accuracy,
+                "valid_examples": len(valid),
+                "seconds": round(seconds, 1),
+            }
             with open(out / LOG, "a", encoding="utf-8") as log:
                 log.write(json.dumps(line) + "\n")
             bar.write(f"step {step} stage {stage}: loss {line['loss']:.4f} valid accuracy {accuracy:.1%}")
@@ -303,8 +340,15 @@ def resave(model_dir: Path, save_dtype: str) -> dict:
 
 
 def _save_checkpoint(out: Path, cfg: TrainConfig, model, optimizer, step: int, stage: int, seconds: float) -> None:
-    state = {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "step": step, "stage": stage, "seconds": seconds, "rng": torch.get_rng_state()}
+    state = {
+        "config": dataclasses.asdict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "stage": stage,
+        "seconds": seconds,
+        "rng": torch.get_rng_state(),
+    }
     partial = out / (CHECKPOINT + ".partial")
     torch.save(state, partial)
     partial.replace(out / CHECKPOINT)  # atomic: a kill never leaves a torn checkpoint
@@ -321,12 +365,17 @@ def _finish(cfg: TrainConfig, out: Path, model, tokenizer, task, seconds: float,
     accuracy = evaluate(model, tokenizer, task, test, decode)
     model.to(saved).save_pretrained(out)
     card = {
-        "task": task.spec, "method": cfg.method, "arch": model.config.model_type,
+        "task": task.spec,
+        "method": cfg.method,
+        "arch": model.config.model_type,
         "params": sum(p.numel() for p in model.parameters()),
-        "test_accuracy": accuracy, "test_examples": len(test),
+        "test_accuracy": accuracy,
+        "test_examples": len(test),
         "train_command": shlex.join(argv) if argv else None,
-        "train_seconds": round(seconds, 1), "decode": decode,
-        "prompt": PROMPT_FILE, "config": dataclasses.asdict(cfg),
+        "train_seconds": round(seconds, 1),
+        "decode": decode,
+        "prompt": PROMPT_FILE,
+        "config": dataclasses.asdict(cfg),
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return card
