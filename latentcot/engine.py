@@ -51,11 +51,13 @@ class _Steps:
     active: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool: row generating at this step
     loops: list[torch.Tensor] = field(default_factory=list)  # each (B,) long: looped models' iterations
 
-    def record(self, is_latent, is_marker, token_id, entropy, probs, argmax, active, loops) -> None:
-        self.latent.append(is_latent)
-        self.marker.append(is_marker)
+    def record(self, step: DecodedStep, probs, argmax, active, loops) -> None:
+        """One step: probs (B, V), argmax (B,), active (B,), loops (B,) or None."""
+        token_id = torch.where(step.is_latent, argmax, step.fed)  # argmax stands for a latent step's token
+        self.latent.append(step.is_latent)
+        self.marker.append(step.is_marker)
         self.token_id.append(token_id)
-        self.entropy.append(entropy)
+        self.entropy.append(step.view.entropy)
         self.p_token.append(probs.gather(-1, token_id[:, None])[:, 0])
         self.p_max.append(probs.gather(-1, argmax[:, None])[:, 0])
         self.active.append(active)
@@ -244,16 +246,7 @@ class Engine:
                 x = self.embed(fed)  # (B, D)
                 if bool(is_latent.any()):
                     x = torch.where(is_latent[:, None], latent_vector(), x)
-                steps.record(
-                    is_latent,
-                    is_marker,
-                    torch.where(is_latent, argmax, fed),
-                    entropy,
-                    probs,
-                    argmax,
-                    rows.active,
-                    out.loops,
-                )  # argmax stands for a latent step's token
+                steps.record(step, probs, argmax, rows.active, out.loops)
 
                 rows.advance(is_latent)
                 if not cfg.ignore_eos:
