@@ -91,8 +91,8 @@ class _Rows:
         false = torch.zeros(batch, dtype=torch.bool, device=device)
         return cls(zeros, zeros.clone(), ~false, zeros.clone(), false, false.clone())
 
-    def view(self, step: int, logits, entropy, hidden) -> StepView:
-        return StepView(step, logits, entropy, hidden, self.n_latent, self.latent_run, self.active)
+    def view(self, step: int, logits, entropy, hidden, sampled, generators) -> StepView:
+        return StepView(step, logits, entropy, hidden, self.n_latent, self.latent_run, self.active, sampled, generators)
 
     def decide(self, want_latent: torch.Tensor, sampled: torch.Tensor, markers: tuple[int, int] | None):
         """(is_latent, is_marker, fed token ids) for this step, from the gate's wish."""
@@ -171,8 +171,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.device = model.device
         self.embed = model.get_input_embeddings()
-        weight = self.embed.weight.detach()  # (V, D)
-        self.table = EmbeddingTable(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
+        self.table = EmbeddingTable.from_module(self.embed)  # on the scale the embedding module produces
         self.context = context_length(model.config)
         eos = eos_token_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
         self.eos_ids = torch.tensor(eos, dtype=torch.long, device=self.device)
@@ -213,7 +212,7 @@ class Engine:
         self.check_loop(cfg)
         batch = len(prompts)
         seeds = [row_seed(seed, i) for i in range(batch)] if isinstance(seed, int) else list(seed)
-        generators = None if cfg.greedy else make_generators(seeds, self.device)
+        generators = make_generators(seeds, self.device)  # sampling, and any gate or latent mode that draws
         markers = self._marker_ids(cfg)
         observers = make_observers(measure, self.table, self.model.get_output_embeddings())
 
@@ -237,9 +236,9 @@ class Engine:
             out = forward(prompt_mask, positions, input_ids=ids)
             for t in range(cfg.max_new_tokens):
                 probs, entropy = distribution_stats(out.logits)  # (B, V), (B,)
-                view = rows.view(t, out.logits, entropy, out.hidden)
                 argmax = out.logits.argmax(-1)  # (B,)
                 sampled = argmax if cfg.greedy else choose_tokens(out.logits, cfg, generators)
+                view = rows.view(t, out.logits, entropy, out.hidden, sampled, generators)
                 is_latent, is_marker, fed = rows.decide(gate(view), sampled, markers)
                 latent_vector = functools.cache(functools.partial(latent, view, self.table))  # () -> (B, D), once
                 step = DecodedStep(view, is_latent, is_marker, fed, latent_vector)

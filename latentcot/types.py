@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +35,12 @@ class EmbeddingTable:
     weight: torch.Tensor  # (V, D)
     mean_norm: torch.Tensor  # () mean L2 norm of the rows
 
+    @classmethod
+    def from_module(cls, embed: torch.nn.Module) -> EmbeddingTable:
+        """The table of an input-embedding module (``model.get_input_embeddings()``)."""
+        weight = embed.weight.detach()  # (V, D)
+        return cls(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
+
 
 @dataclass(frozen=True)
 class StepView:
@@ -47,6 +53,8 @@ class StepView:
     n_latent: torch.Tensor  # (B,) long, latent steps this row has taken so far
     latent_run: torch.Tensor  # (B,) long, length of the row's current run of latent steps
     active: torch.Tensor  # (B,) bool, row still generating
+    sampled: torch.Tensor | None = None  # (B,) long, the token the sampler chose this step (argmax when greedy)
+    generators: Sequence[torch.Generator] = ()  # one per row: randomness a gate or latent mode draws
 
 
 @dataclass(frozen=True)
