@@ -2,7 +2,7 @@
 
 from latentcot.analysis import load_run, compute_tables, write_report
 run = load_run("runs/grid")
-tables = compute_tables(run.samples, run.steps)   # tables["best_threshold"], tables.skipped
+tables = compute_tables(run.samples, run.steps)   # tables["method_comparison"], tables.skipped
 result = write_report("runs/grid")                 # runs/grid/report/{summary.md,report.html,…}
 """
 

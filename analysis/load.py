@@ -1,8 +1,9 @@
 """A run directory as pandas frames, in one call: ``run = load_run("runs/x")``.
 
-``run.samples`` has one row per record (the ``setting`` object flattened into columns);
-``run.steps`` is long-form, one row per (record, step), with every per-step array of the
-records (``mode``, ``entropy``, ``p_token``, … and measured ones such as ``kl_counterfactual``).
+``run.samples`` has one row per record (the ``setting`` object flattened into columns, plus the
+record's decoding ``method``); ``run.steps`` is long-form, one row per (record, step), with every
+per-step array of the records (``mode``, ``entropy``, ``p_token``, ``emitted``, … and measured
+ones such as ``kl_counterfactual``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ RECORD_COLUMNS = [
     "n_steps",
     "n_latent",
 ]
+# the method of a record written before records named one, from its gate: a fixed-k gate is
+# COCONUT's decoding; any other gate names its own rule
+GATE_METHODS = {"token": "token", "latent": "latent", "entropy": "entropy", "fixed": "coconut"}
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,35 @@ class Run:
     steps: pd.DataFrame  # one row per (example, setting, step)
 
 
+def method_of(setting: Mapping[str, Any]) -> str:
+    """``setting.method`` where the record names it; otherwise derived from ``setting.gate``
+    (``GATE_METHODS``; an unlisted gate is its own method)."""
+    if setting.get("method"):
+        return str(setting["method"])
+    return GATE_METHODS.get(setting.get("gate"), str(setting.get("gate")))
+
+
+def tokens_emitted(record: Mapping[str, Any]) -> int:
+    """Tokens a record sampled: its token steps plus the latent steps at which the method also
+    emitted a token (``steps.emitted``, Mixture of Inputs and SwiReasoning; absent = none).
+    Marker steps feed a fixed token the method did not choose, so they do not count."""
+    steps = record["steps"]
+    modes = steps["mode"]
+    emitted = steps.get("emitted")
+    if emitted is None:
+        emitted = [False] * len(modes)
+    elif len(emitted) != len(modes):
+        raise InputError(
+            f"record {record['example_id']} ({record['setting_id']}): "
+            f"steps.emitted has {len(emitted)} values for {len(modes)} steps"
+        )
+    return sum(m == "token" or (m == "latent" and bool(e)) for m, e in zip(modes, emitted))
+
+
 def samples_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per record: record fields, the setting's keys as columns, and per-record aggregates
-    (``latent_fraction``, ``mean_entropy``, ``forward_passes``)."""
+    """One row per record: record fields, the setting's keys as columns, the record's ``method``
+    (derived from the gate for records that predate methods), and per-record aggregates
+    (``latent_fraction``, ``mean_entropy``, ``forward_passes``, ``tokens_emitted``)."""
     rows = []
     for r in records:
         entropy = [e for e in r["steps"]["entropy"] if e is not None]
@@ -57,10 +87,12 @@ def samples_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             {
                 **{c: r.get(c) for c in RECORD_COLUMNS},
                 **{k: v for k, v in r["setting"].items() if k not in RECORD_COLUMNS},
+                "method": method_of(r["setting"]),
                 "latent_fraction": r["n_latent"] / r["n_steps"] if r["n_steps"] else 0.0,
                 "mean_entropy": float(np.mean(entropy)) if entropy else math.nan,
                 # decode forwards: one per generated position (the prefill is shared by every setting)
                 "forward_passes": r["n_steps"],
+                "tokens_emitted": tokens_emitted(r),
             }
         )
     frame = pd.DataFrame(rows)
@@ -93,8 +125,10 @@ def steps_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             column.extend([None] * (total - len(column)))
     frame = pd.DataFrame({**columns, **extra})
     for name, values in extra.items():  # measured arrays hold None where not measured: make them NaN
-        if name not in ("mode", "token_id") and _numeric(values):
+        if name not in ("mode", "token_id", "emitted") and _numeric(values):
             frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
+    if "emitted" in frame.columns:  # a record without the array emitted nothing at a latent step
+        frame["emitted"] = frame["emitted"].map(bool).astype(bool)
     return frame
 
 

@@ -57,7 +57,7 @@ def new_figure(n_rows: int, n_cols: int, width: float = 4.2, height: float = 3.2
     return fig, fig.subplots(n_rows, n_cols, squeeze=False, **kw)
 
 
-def _note(fig: Figure, text: str) -> None:
+def figure_note(fig: Figure, text: str) -> None:
     fig.supxlabel(text, fontsize="small", color="0.35", x=0.01, ha="left")
 
 
@@ -130,7 +130,7 @@ def info_loss_figure(bins: pd.DataFrame, min_points: int = 10, max_columns: int 
             )
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(title="domain", fontsize="small")
-        _note(fig, HOLLOW_NOTE.format(m=min_points) + "; bands: cluster-bootstrap CI over records")
+        figure_note(fig, HOLLOW_NOTE.format(m=min_points) + "; bands: cluster-bootstrap CI over records")
     return fig
 
 
@@ -193,7 +193,7 @@ def threshold_figure(
                 ax.set_ylim(-0.03, 1.03)
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize="x-small")
-        _note(
+        figure_note(
             fig,
             HOLLOW_NOTE.format(m=min_points)
             + ("; bands: Wilson CI" if value == "accuracy" else "; bands: normal CI of the mean"),
@@ -250,7 +250,7 @@ def pareto_figure(pareto: pd.DataFrame, min_points: int = 10) -> Figure:
             ax.set_ylim(-0.03, 1.03)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="x-small")
-        _note(fig, HOLLOW_NOTE.format(m=min_points) + "; bars: Wilson CI")
+        figure_note(fig, HOLLOW_NOTE.format(m=min_points) + "; bars: Wilson CI")
     return fig
 
 
@@ -280,7 +280,7 @@ def accuracy_entropy_figure(table: pd.DataFrame, settings: Sequence[str] | None 
             ax.set_ylim(-0.03, 1.03)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="x-small")
-        _note(fig, HOLLOW_NOTE.format(m=min_points))
+        figure_note(fig, HOLLOW_NOTE.format(m=min_points))
     return fig
 
 

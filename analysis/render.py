@@ -12,6 +12,23 @@ import pandas as pd
 
 # which columns a reader sees, per table (the CSV files keep every column); "ci" joins lo/hi
 DISPLAY = {
+    "method_comparison": [
+        "domain",
+        "method",
+        "setting_id",
+        "n",
+        "accuracy",
+        "ci",
+        "n_paired",
+        "diff",
+        "b",
+        "c",
+        "p_value",
+        "tokens_emitted",
+        "forward_passes",
+        "latent_fraction",
+        "enough",
+    ],
     "settings": ["domain", "setting_id", "n", "accuracy", "ci", "latent_fraction", "forward_passes", "mean_entropy"],
     "entropy_by_domain": ["domain", "mode", "n", "mean", "q10", "median", "q90"],
     "info_loss_correlation": ["domain", "metric", "mode", "n", "n_records", "rho", "ci", "enough"],
@@ -58,7 +75,7 @@ DISPLAY = {
 
 
 def format_value(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from latentcot.errors import InputError
 
+from .compare import method_comparison_figure
 from .load import Run, load_run
 from .loops import loops_figure
 from .plots import (
@@ -35,6 +36,7 @@ from .stats import AnalysisOptions
 from .tables import TABLE_TITLES, AnalysisTables, compute_tables
 
 FIGURE_TITLES = {
+    "method_comparison": "Methods: accuracy vs forward passes",
     "entropy_distribution": "Step entropy by domain",
     "info_loss_vs_entropy": "Information loss vs entropy",
     "accuracy_vs_threshold": "Accuracy vs τ (baselines as horizontal lines)",
@@ -54,7 +56,15 @@ METHODS = (
     "the in-sample comparison favours per-domain τ by construction (selection bias), so τ is also "
     "chosen on the other folds of a {k}-fold split of each domain's examples and scored on the "
     "held-out fold; gain = held-out per-domain "
-    "minus held-out global accuracy."
+    "minus held-out global accuracy. Methods are compared per domain with the token-CoT setting on "
+    "the examples both decoded: diff is the paired accuracy difference, b counts examples only the "
+    "method got right, c those only token CoT got right, and p is the exact McNemar test (two-sided "
+    "binomial test of b among the b + c discordant pairs at 1/2)."
+)
+LEADING = "method_comparison"  # table and figure shown before everything else, when present
+COMPARISON_NOTE = (
+    "diff: accuracy minus token CoT's on the examples both decoded (n_paired); b: only this setting "
+    "right, c: only token CoT right; p_value: exact McNemar; tokens_emitted and forward_passes per example"
 )
 
 
@@ -113,6 +123,10 @@ def _accuracy_entropy_settings(tables: AnalysisTables, limit: int = 5) -> list[s
 def build_figures(run: Run, tables: AnalysisTables, options: AnalysisOptions) -> tuple[dict[str, Figure], list[str]]:
     """Every figure the run's contents allow, and a line for each one left out."""
     figures, skipped, m = {}, [], options.min_points
+    if tables[LEADING].empty:
+        skipped.append("figure method comparison: fewer than 2 methods")
+    else:
+        figures[LEADING] = method_comparison_figure(tables[LEADING], m)
     figures["entropy_distribution"] = entropy_distribution_figure(run.steps)
     if tables["info_loss_bins"].empty:
         skipped.append("figure info loss vs entropy: no token steps")
@@ -152,6 +166,8 @@ def render_figure(fig: Figure) -> tuple[bytes, bytes]:
 
 def headline_text(tables: AnalysisTables) -> str:
     text = text_table(display_frame(tables["settings"], "settings"))
+    if not tables[LEADING].empty:  # first, as in the report
+        text = "method comparison\n" + text_table(display_frame(tables[LEADING], LEADING)) + "\n\n" + text
     if not tables["best_threshold"].empty:
         text += "\n\nbest τ per domain\n" + text_table(display_frame(tables["best_threshold"], "best_threshold"))
     return text
@@ -185,7 +201,13 @@ SUMMARY_TABLES = [
 def summary_markdown(
     run: Run, tables: AnalysisTables, skipped: list[str], options: AnalysisOptions, files: list[str]
 ) -> str:
-    parts = [f"# latentcot report: {run.path.name}", "", *[f"- {f}" for f in _run_facts(run)], ""]
+    parts = [f"# latentcot report: {run.path.name}", ""]
+    if not tables[LEADING].empty:
+        parts += [f"## {TABLE_TITLES[LEADING]}", "", markdown_table(display_frame(tables[LEADING], LEADING)), ""]
+        parts += [COMPARISON_NOTE + ".", ""]
+        if f"{LEADING}.png" in files:
+            parts += [f"![{FIGURE_TITLES[LEADING]}]({LEADING}.png)", ""]
+    parts += ["## Run", "", *[f"- {f}" for f in _run_facts(run)], ""]
     for name in SUMMARY_TABLES:
         if not tables[name].empty:
             parts += [f"## {TABLE_TITLES[name]}", "", markdown_table(display_frame(tables[name], name)), ""]
@@ -212,6 +234,12 @@ def token_decoder(manifest: Mapping) -> Callable[[int], str] | None:
     return lambda token_id: tokenizer.decode([int(token_id)])
 
 
+def _figure_html(name: str, png: bytes) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    title = html.escape(FIGURE_TITLES[name])
+    return f'<figure id="fig-{html.escape(name)}"><img alt="{title}" src="data:image/png;base64,{data}"></figure>'
+
+
 def report_html(
     run: Run,
     tables: AnalysisTables,
@@ -221,23 +249,22 @@ def report_html(
     token_text: Callable[[int], str] | None = None,
 ) -> str:
     facts = "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in _run_facts(run)) + "</ul>"
-    sections = [("Run", facts)]
+    sections = []
+    if not tables[LEADING].empty:  # what the run compares comes before how it was run
+        note = f'<p class="note">{html.escape(COMPARISON_NOTE)}</p>'
+        sections.append((TABLE_TITLES[LEADING], html_table(display_frame(tables[LEADING], LEADING)) + note))
+        if LEADING in pngs:
+            sections.append((FIGURE_TITLES[LEADING], _figure_html(LEADING, pngs[LEADING])))
+    sections.append(("Run", facts))
     key_tables = SUMMARY_TABLES[:4]  # the headline numbers first, then figures, then the rest
     for name in key_tables:
         if not tables[name].empty:
             sections.append((TABLE_TITLES[name], html_table(display_frame(tables[name], name))))
     for name, title in FIGURE_TITLES.items():
-        if name in pngs:
-            data = base64.b64encode(pngs[name]).decode("ascii")
-            sections.append(
-                (
-                    title,
-                    f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(title)}" '
-                    f'src="data:image/png;base64,{data}"></figure>',
-                )
-            )
+        if name in pngs and name != LEADING:
+            sections.append((title, _figure_html(name, pngs[name])))
     for name, title in TABLE_TITLES.items():
-        if name not in key_tables and not tables[name].empty:
+        if name not in key_tables and name != LEADING and not tables[name].empty:
             sections.append((title, html_table(display_frame(tables[name], name))))
     steps = run.steps[run.steps["mode"] != "marker"]
     top = float(steps["entropy"].max()) if len(steps) else 1.0

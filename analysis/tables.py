@@ -21,11 +21,13 @@ from .accuracy import (
     settings_table,
     threshold_rows,
 )
+from .compare import comparison_skips, method_comparison, methods_in
 from .info_loss import available_metrics, entropy_by_domain, info_loss_bins, info_loss_correlations
 from .loops import loops_per_token, loops_summary
 from .stats import AnalysisOptions
 
 TABLE_TITLES = {
+    "method_comparison": "Method comparison (paired with token CoT)",
     "settings": "Accuracy per domain and setting",
     "entropy_by_domain": "Step entropy (nats) per domain",
     "info_loss_correlation": "Information loss vs entropy: Spearman ρ",
@@ -57,7 +59,7 @@ class AnalysisTables(Mapping[str, pd.DataFrame]):
 
 def skipped_analyses(samples: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
     """What a run's settings, domains and measurements leave out, one line each."""
-    skipped = []
+    skipped = comparison_skips(samples)
     gates = set(samples["gate"].dropna())
     families = threshold_rows(samples)
     if families.empty:
@@ -94,7 +96,10 @@ def compute_tables(
     in ``skipped``). One seeded generator feeds every bootstrap, in a fixed order."""
     rng: np.random.Generator = options.rng()
     settings = settings_table(samples, options)
+    # one method leaves nothing to compare: the table stays empty and skipped says why
+    compared = len(methods_in(samples)) >= 2
     tables = {
+        "method_comparison": method_comparison(samples if compared else samples.iloc[0:0], options),
         "settings": settings,
         "entropy_by_domain": entropy_by_domain(steps),
         "info_loss_correlation": info_loss_correlations(steps, options, rng),

@@ -252,7 +252,12 @@ def _latent_config(common: CommonOptions, kind: str):
 @decoding_options
 def run(
     common: CommonOptions,
-    gate: str = typer.Option("token", help="token | latent | entropy | fixed."),
+    method: str | None = typer.Option(
+        None, "--method", help="A named method NAME[:key=value,...] (latentcot methods); replaces --gate/--latent."
+    ),
+    gate: str | None = typer.Option(
+        None, help="token (default) | latent | entropy | fixed | think-router | swir | cold-stop."
+    ),
     threshold: float | None = typer.Option(None, "--threshold", help="Entropy gate: latent when H > threshold."),
     threshold_map: Path | None = typer.Option(
         None,
@@ -262,16 +267,37 @@ def run(
     k: int | None = typer.Option(None, "--k", help="Fixed gate: number of leading latent steps."),
     max_consecutive: int | None = typer.Option(None, help="Entropy gate: at most this many latent steps in a row."),
     max_latent: int | None = typer.Option(None, help="Entropy gate: at most this many latent steps per sequence."),
-    latent: str = typer.Option("hidden", help="Latent mode: hidden | hidden-normed | soft | topk-soft."),
+    latent: str | None = typer.Option(
+        None, help="Latent mode: hidden (default) | hidden-normed | soft | topk-soft | …"
+    ),
 ) -> None:
-    """Decode task examples under one gate and latent mode; append one record per example to samples.jsonl."""
+    """Decode task examples under one method (or gate and latent mode); append one record per example."""
     from latentcot.config import GateConfig
     from latentcot.experiment import Setting
     from latentcot.grid import read_threshold_map
+    from latentcot.methods import parse_method
 
+    if method is not None:
+        given = [
+            name
+            for name, value in (
+                ("--gate", gate),
+                ("--threshold", threshold),
+                ("--threshold-map", threshold_map),
+                ("--k", k),
+                ("--max-consecutive", max_consecutive),
+                ("--max-latent", max_latent),
+                ("--latent", latent),
+            )
+            if value is not None
+        ]
+        if given:
+            raise InputError(f"--method replaces {given[0]}: give its parameters as --method NAME:key=value")
+        _execute(common, [Setting.of_method(parse_method(method), _decode_config(common))])
+        return
     taus = tuple(read_threshold_map(threshold_map).items()) if threshold_map else None
-    gate_cfg = GateConfig(gate, threshold, common.unit, max_consecutive, max_latent, k, threshold_map=taus)
-    _execute(common, [Setting(gate_cfg, _latent_config(common, latent), _decode_config(common))])
+    gate_cfg = GateConfig(gate or "token", threshold, common.unit, max_consecutive, max_latent, k, threshold_map=taus)
+    _execute(common, [Setting(gate_cfg, _latent_config(common, latent or "hidden"), _decode_config(common))])
 
 
 @app.command(epilog=SWEEP_EXAMPLES)
@@ -286,27 +312,47 @@ def sweep(
         "--threshold-map",
         help="Also run one setting with a threshold per domain: JSON {domain: threshold}, '*' = other domains.",
     ),
-    latent: str = typer.Option(
-        "hidden", help="Latent mode(s), comma-separated: hidden, hidden-normed, soft, topk-soft."
+    latent: str | None = typer.Option(
+        None, help="Latent mode(s) of the entropy grid, comma-separated: hidden (default), hidden-normed, soft, …"
     ),
     max_consecutive: int | None = typer.Option(None, help="Entropy gate: at most this many latent steps in a row."),
     max_latent: int | None = typer.Option(None, help="Entropy gate: at most this many latent steps per sequence."),
+    method: list[str] = typer.Option(
+        [], "--method", help="A named method NAME[:key=value,...], repeatable; --thresholds sweeps its threshold."
+    ),
 ) -> None:
-    """Thresholds × latent modes × tasks in one run directory, plus the token-only and latent-only baselines."""
-    from latentcot.grid import parse_thresholds, read_threshold_map, sweep_settings
+    """Methods, thresholds × latent modes × tasks in one run directory, plus the token-only baseline (and the
+    latent-only one of the entropy grid)."""
+    from latentcot.grid import method_settings, parse_thresholds, read_threshold_map, sweep_settings, unique_settings
 
     taus = parse_thresholds(thresholds) if thresholds is not None else []
-    latents = [_latent_config(common, kind.strip()) for kind in latent.split(",") if kind.strip()]
-    settings = sweep_settings(
-        taus,
-        latents,
-        _decode_config(common),
-        unit=common.unit,
-        threshold_map=read_threshold_map(threshold_map) if threshold_map else None,
-        max_consecutive=max_consecutive,
-        max_latent=max_latent,
-    )
+    decode = _decode_config(common)
+    settings = method_settings(method, taus, decode) if method else ()
+    if not method or latent is not None or threshold_map is not None:  # the entropy grid of --latent
+        latents = [_latent_config(common, kind.strip()) for kind in (latent or "hidden").split(",") if kind.strip()]
+        grid = sweep_settings(
+            taus,
+            latents,
+            decode,
+            unit=common.unit,
+            threshold_map=read_threshold_map(threshold_map) if threshold_map else None,
+            max_consecutive=max_consecutive,
+            max_latent=max_latent,
+        )
+        settings = unique_settings((*grid, *settings))
     _execute(common, settings)
+
+
+@app.command(
+    "methods",
+    epilog="Example:\n\n  latentcot methods\n\n  latentcot sweep --model M --task addition --method token --method coconut:k=2 --method soft-thinking --method swir --out runs/methods",
+)
+def list_methods_command() -> None:
+    """List the named decoding methods: rule, paper, parameters with their defaults."""
+    from latentcot.methods import describe
+
+    for line in describe():
+        typer.echo(line)
 
 
 @app.command(epilog="Examples:\n\n  latentcot analyze runs/grid\n\n  latentcot analyze runs/grid --out reports/grid")

@@ -11,11 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from latentcot.looping import LoopConfig
-from latentcot.validation import from_mapping, is_number, require, require_choice
+from latentcot.validation import from_mapping, is_int, is_number, require, require_choice
 
-GATES = ("token", "latent", "entropy", "fixed")
+GATES = ("token", "latent", "entropy", "fixed", "think-router", "swir", "cold-stop")
+DIRECTIONS = ("above", "below")
 UNITS = ("nats", "bits", "normalized")
-LATENT_MODES = ("hidden", "hidden-normed", "soft", "topk-soft")
+# the latents under study, then the ablations (content removed; see latentcot.latent)
+LATENT_MODES = (
+    *("hidden", "hidden-normed", "soft", "topk-soft"),
+    *("zero", "mean-embedding", "shuffled", "noise"),  # ablations: does the latent's content matter?
+    *("moi", "random-soft", "multiplex"),  # the published mixtures (see latentcot.methods)
+)
+MERGES = ("mean", "weighted")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("hf", "vllm")
 
@@ -141,10 +148,17 @@ class GateConfig:
     # entropy gate with a threshold per domain: ((domain, τ), ...), "*" = any other domain.
     # A record's `threshold` is then the τ of its example's domain (see `for_domain`).
     threshold_map: tuple[tuple[str, float], ...] | None = None
+    direction: str | None = None  # entropy gate: above (latent when H > τ, the default) | below (H < τ)
+    window: int | None = None  # swir: steps a token row stays before it may switch back (default 512)
+    max_switches: int | None = None  # swir: latent -> token switches before a row stays in token mode
+    cold_stop_entropy: float | None = None  # cold-stop: tempered entropy bound (default 0.01)
+    cold_stop_steps: int | None = None  # cold-stop: consecutive steps below it that end thinking (default 256)
+    cold_stop_temperature: float | None = None  # cold-stop: temperature of that entropy (default 0.6)
 
     def __post_init__(self):
         require_choice(self.kind, GATES, "gate")
         require_choice(self.unit, UNITS, "unit")
+        self._resolve_defaults()
         if self.threshold_map is not None:
             require(self.kind == "entropy", "a threshold map only applies to the entropy gate")
             pairs = dict(self.threshold_map.items() if isinstance(self.threshold_map, Mapping) else self.threshold_map)
@@ -161,8 +175,17 @@ class GateConfig:
                 self.threshold is None or _is_threshold(self.threshold),
                 f"threshold must be a number >= 0, got {self.threshold!r}",
             )
+            require_choice(self.direction, DIRECTIONS, "direction")
+        elif self.kind == "think-router":
+            require(
+                is_number(self.threshold) and 0 <= self.threshold <= 1,
+                f"the think-router gate needs a threshold on p_max in [0, 1], got {self.threshold!r}",
+            )
         else:
-            require(self.threshold is None, f"threshold only applies to the entropy gate, not {self.kind!r}")
+            require(
+                self.threshold is None,
+                f"threshold only applies to the entropy and think-router gates, not {self.kind!r}",
+            )
         for name in ("max_consecutive", "max_latent"):
             value = getattr(self, name)
             require(value is None or (isinstance(value, int) and value >= 0), f"{name} must be an integer >= 0")
@@ -171,6 +194,33 @@ class GateConfig:
             require(isinstance(self.k, int) and self.k >= 0, "the fixed gate needs k, an integer >= 0")
         else:
             require(self.k is None, f"k only applies to the fixed gate, not {self.kind!r}")
+
+    def _resolve_defaults(self) -> None:
+        """Fill in the published defaults of the kind's own parameters; refuse other kinds' parameters."""
+        own = {
+            "entropy": {"direction": "above"},
+            "swir": {"window": 512},
+            "cold-stop": {"cold_stop_entropy": 0.01, "cold_stop_steps": 256, "cold_stop_temperature": 0.6},
+        }.get(self.kind, {})
+        for name in (
+            "direction",
+            "window",
+            "max_switches",
+            "cold_stop_entropy",
+            "cold_stop_steps",
+            "cold_stop_temperature",
+        ):
+            value = getattr(self, name)
+            allowed = name in own or (name == "max_switches" and self.kind == "swir")
+            require(value is None or allowed, f"{name} does not apply to the {self.kind} gate")
+            if value is None and name in own:
+                object.__setattr__(self, name, own[name])
+        for name in ("window", "max_switches", "cold_stop_steps"):
+            value = getattr(self, name)
+            require(value is None or (is_int(value) and value >= 0), f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("cold_stop_entropy", "cold_stop_temperature"):
+            value = getattr(self, name)
+            require(value is None or (is_number(value) and value > 0), f"{name} must be a number > 0, got {value!r}")
 
     def for_domain(self, domain: str) -> GateConfig:
         """This gate with a threshold map resolved to the threshold of ``domain``."""
@@ -190,17 +240,35 @@ def _is_threshold(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class LatentConfig:
-    kind: str = "hidden"  # hidden | hidden-normed | soft | topk-soft
-    temperature: float = 1.0  # soft modes: weights are softmax(logits / temperature)
-    top_k: int = 8  # topk-soft: mix only the k most likely token embeddings
+    kind: str = "hidden"  # one of LATENT_MODES
+    temperature: float = 1.0  # soft modes: weights are softmax(logits / temperature); random-soft: Gumbel's
+    top_k: int = 8  # topk-soft, moi: tokens mixed; multiplex: tokens sampled (the width K)
+    min_p: float = 0.0  # topk-soft: drop tokens below min_p x the top probability (Soft Thinking)
+    beta: float = 1.0  # moi: weight of the sampled token in the posterior mixture
+    merge: str = "mean"  # multiplex: mean | weighted (by the sampled tokens' probabilities)
+    emit: bool = False  # a latent step also emits its sampled token (MoI, SwiReasoning)
 
     def __post_init__(self):
         require_choice(self.kind, LATENT_MODES, "latent mode")
         require(
-            math.isfinite(self.temperature) and self.temperature > 0,
+            is_number(self.temperature) and self.temperature > 0,
             f"latent temperature must be > 0, got {self.temperature!r}",
         )
-        require(isinstance(self.top_k, int) and self.top_k >= 1, f"latent top_k must be >= 1, got {self.top_k!r}")
+        require(is_int(self.top_k) and self.top_k >= 1, f"latent top_k must be >= 1, got {self.top_k!r}")
+        require(is_number(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}")
+        require(is_number(self.beta) and self.beta >= 0, f"beta must be >= 0, got {self.beta!r}")
+        require_choice(self.merge, MERGES, "multiplex merge")
+        require(isinstance(self.emit, bool), "emit must be true or false")
+
+    def extras(self) -> dict[str, Any]:
+        """The fields that are not at their defaults (a record's setting lists them; older settings keep
+        their exact form)."""
+        defaults = LatentConfig()
+        return {
+            name: getattr(self, name)
+            for name in ("min_p", "beta", "merge", "emit")
+            if getattr(self, name) != getattr(defaults, name)
+        }
 
 
 def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> dict[str, Any]:
@@ -223,7 +291,33 @@ def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
         "markers": list(decode.markers) if decode.markers else None,
         "threshold_map": dict(gate.threshold_map) if gate.threshold_map else None,
         **({"loop": decode.loop.as_dict()} if decode.loop is not None else {}),  # absent = as before
+        **_gate_extras(gate),
+        **{f"latent_{name}": value for name, value in latent.extras().items()},
     }
+
+
+GATE_EXTRAS = ("direction", "window", "max_switches", "cold_stop_entropy", "cold_stop_steps", "cold_stop_temperature")
+
+
+def _gate_extras(gate: GateConfig) -> dict[str, Any]:
+    """The parameters of the newer gates, where they apply; ``direction`` only when not the default
+    "above", so settings written before directions existed keep their exact form (and resume)."""
+    extras = {name: getattr(gate, name) for name in GATE_EXTRAS if getattr(gate, name) is not None}
+    if extras.get("direction") == "above":
+        del extras["direction"]
+    return extras
+
+
+def _latent_tag(latent: LatentConfig) -> str:
+    """The parameters of a mixing latent mode, for setting ids: ``lt0.6k10p0.001``, ``k20b1``, ``k3mean``."""
+    if latent.kind == "moi":
+        tag = f"k{latent.top_k}b{latent.beta:g}"
+    elif latent.kind == "multiplex":
+        tag = f"k{latent.top_k}{latent.merge}"
+    else:
+        tag = f"lt{latent.temperature:g}" + (f"k{latent.top_k}" if latent.kind == "topk-soft" else "")
+        tag += f"p{latent.min_p:g}" if latent.min_p else ""
+    return tag + ("-emit" if latent.emit else "")
 
 
 def setting_id(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> str:
@@ -237,14 +331,27 @@ def setting_id(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
     elif gate.threshold_map is not None:  # one id for every domain's threshold
         digest = hashlib.sha256(json.dumps(gate.threshold_map).encode()).hexdigest()[:6]
         parts = [f"entropy-map{digest}-{gate.unit[:4]}", latent.kind]
+    elif gate.kind == "think-router":
+        parts = [f"think-router-{gate.threshold:g}", latent.kind]
+    elif gate.kind == "swir":
+        parts = [
+            f"swir-w{gate.window}" + (f"s{gate.max_switches}" if gate.max_switches is not None else ""),
+            latent.kind,
+        ]
+    elif gate.kind == "cold-stop":
+        parts = [
+            f"cold-stop-{gate.cold_stop_entropy:g}x{gate.cold_stop_steps}T{gate.cold_stop_temperature:g}",
+            latent.kind,
+        ]
     else:
-        parts = [f"entropy-{gate.threshold:g}{gate.unit[:4]}", latent.kind]
+        below = "-below" if gate.direction == "below" else ""
+        parts = [f"entropy-{gate.threshold:g}{gate.unit[:4]}{below}", latent.kind]
         if gate.max_consecutive is not None:
             parts.append(f"run{gate.max_consecutive}")
         if gate.max_latent is not None:
             parts.append(f"max{gate.max_latent}")
-    if gate.kind != "token" and latent.kind in ("soft", "topk-soft"):
-        parts.append(f"lt{latent.temperature:g}" + (f"k{latent.top_k}" if latent.kind == "topk-soft" else ""))
+    if gate.kind != "token" and latent.kind in ("soft", "topk-soft", "moi", "random-soft", "multiplex"):
+        parts.append(_latent_tag(latent))
     if decode.temperature > 0:
         parts.append(f"T{decode.temperature:g}p{decode.top_p:g}k{decode.top_k}")
     if decode.loop is not None:

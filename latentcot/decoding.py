@@ -14,14 +14,19 @@ from latentcot.types import LATENT, LATENT_TEXT
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
-def render_completion(tokenizer, modes: list[str], token_ids: list[int], drop_last: bool) -> str:
+def render_completion(
+    tokenizer, modes: list[str], token_ids: list[int], drop_last: bool, emitted: list[bool] | None = None
+) -> str:
     """Completion text: runs of fed tokens decoded together, each latent step as LATENT_TEXT.
-    ``drop_last``: the last step is the EOS token, which ends the text rather than belonging to it."""
+    ``drop_last``: the last step is the EOS token, which ends the text rather than belonging to it.
+    ``emitted``: per step, a latent step whose method also emitted its token (shown as that token's text,
+    as those methods' own outputs do)."""
+    emitted = emitted or [False] * len(modes)
     if drop_last:
-        modes, token_ids = modes[:-1], token_ids[:-1]
+        modes, token_ids, emitted = modes[:-1], token_ids[:-1], emitted[:-1]
     parts, run = [], []
-    for mode, token in zip(modes, token_ids):
-        if mode == LATENT:
+    for mode, token, shown in zip(modes, token_ids, emitted):
+        if mode == LATENT and not shown:
             if run:
                 parts.append(tokenizer.decode(run))
                 run = []

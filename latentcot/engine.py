@@ -50,10 +50,13 @@ class _Steps:
     p_max: list[torch.Tensor] = field(default_factory=list)  # each (B,) fp32
     active: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool: row generating at this step
     loops: list[torch.Tensor] = field(default_factory=list)  # each (B,) long: looped models' iterations
+    emitted: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool: a latent step that emitted a token
+    emits: bool = False  # keep ``emitted``: only methods that emit tokens on latent steps have it in records
 
     def record(self, step: DecodedStep, probs, argmax, active, loops) -> None:
         """One step: probs (B, V), argmax (B,), active (B,), loops (B,) or None."""
-        token_id = torch.where(step.is_latent, argmax, step.fed)  # argmax stands for a latent step's token
+        # argmax stands for a latent step's token, unless the method emitted its sampled token there
+        token_id = torch.where(step.is_latent & ~step.emitted, argmax, step.text_token)
         self.latent.append(step.is_latent)
         self.marker.append(step.is_marker)
         self.token_id.append(token_id)
@@ -63,11 +66,14 @@ class _Steps:
         self.active.append(active)
         if loops is not None:  # the depth that computed this step's distribution (looped models)
             self.loops.append(loops)
+        if self.emits:
+            self.emitted.append(step.emitted)
 
     def per_row(self) -> dict[str, list[list]]:
         """(T, B) per field -> per row python lists, one device sync for everything."""
         mode = torch.stack(self.latent, dim=1).long() + 2 * torch.stack(self.marker, dim=1).long()  # MODES index
         names = ("token_id", "entropy", "p_token", "p_max", "active") + (("loops",) if self.loops else ())
+        names += ("emitted",) if self.emits else ()
         return {
             "mode": mode.cpu().tolist(),
             **{name: torch.stack(getattr(self, name), dim=1).cpu().tolist() for name in names},
@@ -226,7 +232,9 @@ class Engine:
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # (B, T), as HF does
         next_position = positions[:, -1:] + 1  # (B, 1)
 
-        rows, steps = _Rows.start(batch, self.device), _Steps()
+        gate_state = gate.start(batch, self.device)  # per-row memory of a stateful rule (None for most)
+        emits = getattr(latent, "emits_tokens", False)  # the method also emits its sampled token on latent steps
+        rows, steps = _Rows.start(batch, self.device), _Steps(emits=emits)
         recent_tokens: list[list[int]] = [[] for _ in range(batch)]  # only kept for stop strings
         cache = preallocated_cache(self.model.config, capacity=width + cfg.max_new_tokens)
         for observer in observers:
@@ -239,9 +247,9 @@ class Engine:
                 argmax = out.logits.argmax(-1)  # (B,)
                 sampled = argmax if cfg.greedy else choose_tokens(out.logits, cfg, generators)
                 view = rows.view(t, out.logits, entropy, out.hidden, sampled, generators)
-                is_latent, is_marker, fed = rows.decide(gate(view), sampled, markers)
+                is_latent, is_marker, fed = rows.decide(gate(view, gate_state), sampled, markers)
                 latent_vector = functools.cache(functools.partial(latent, view, self.table))  # () -> (B, D), once
-                step = DecodedStep(view, is_latent, is_marker, fed, latent_vector)
+                step = DecodedStep(view, is_latent, is_marker, fed, latent_vector, is_latent & emits)
                 x = self.embed(fed)  # (B, D)
                 if bool(is_latent.any()):
                     x = torch.where(is_latent[:, None], latent_vector(), x)
@@ -249,9 +257,10 @@ class Engine:
 
                 rows.advance(is_latent)
                 if not cfg.ignore_eos:
-                    rows.end(step.is_token & torch.isin(fed, self.eos_ids), "eos")
+                    rows.end(step.is_text & torch.isin(step.text_token, self.eos_ids), "eos")
                 if cfg.stop:
-                    rows.end(self._stop_hits(cfg.stop, fed, step.is_token, rows.active, recent_tokens), "stop")
+                    hits = self._stop_hits(cfg.stop, step.text_token, step.is_text, rows.active, recent_tokens)
+                    rows.end(hits, "stop")
                 last = t + 1 == cfg.max_new_tokens or not bool(rows.active.any())
                 step_mask = mask[:, : width + t + 1]
                 probe = None if last else functools.partial(forward.probe, step_mask, next_position)
@@ -296,7 +305,9 @@ class Engine:
             traces.append(
                 Trace(
                     prompt=prompt,
-                    completion=render_completion(self.tokenizer, modes, kept["token_id"], drop_last=reason == "eos"),
+                    completion=render_completion(
+                        self.tokenizer, modes, kept["token_id"], drop_last=reason == "eos", emitted=kept.get("emitted")
+                    ),
                     finish_reason=reason,
                     mode=modes,
                     token_id=kept["token_id"],

@@ -24,6 +24,7 @@ from latentcot.errors import InputError
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
 from latentcot.measure import MEASUREMENTS
+from latentcot.methods import MethodChoice, method_params
 from latentcot.sampling import row_seed
 from latentcot.store import RunStore, read_samples
 from latentcot.tasks.base import SPLITS
@@ -35,13 +36,22 @@ class Setting:
     gate: GateConfig
     latent: LatentConfig
     decode: DecodeConfig
+    method: MethodChoice | None = None  # the named method this setting was resolved from (--method)
+
+    @classmethod
+    def of_method(cls, choice: MethodChoice, decode: DecodeConfig) -> Setting:
+        gate, latent = choice.configs()
+        return cls(gate, latent, decode, choice)
 
     @property
     def id(self) -> str:
         return setting_id(self.gate, self.latent, self.decode)
 
     def as_dict(self) -> dict:
-        return setting_of(self.gate, self.latent, self.decode)
+        """The record's ``setting``; with a method also its name and every resolved parameter (settings
+        given as --gate/--latent keep their earlier form, so their runs still resume)."""
+        method = method_params(self.method) if self.method is not None else {}
+        return {**setting_of(self.gate, self.latent, self.decode), **method}
 
 
 def make_record(task, example: Example, setting: Setting, trace: Trace) -> SampleRecord:
@@ -177,6 +187,10 @@ class Plan:
             raise InputError(refusal)
         if not self.settings:
             raise InputError("no decoding setting given")
+        ids = [s.id for s in self.settings]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise InputError(f"two settings decode identically (setting id {twice[0]}); give each once")
         if self.split not in SPLITS:
             raise InputError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
         if not self.tasks:

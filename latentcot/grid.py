@@ -88,3 +88,23 @@ def sweep_settings(
             per_domain = replace(entropy, threshold=None, threshold_map=tuple(threshold_map.items()))
             settings.append(Setting(per_domain, latent, decode))
     return tuple(dict.fromkeys(settings))  # a latent mode given twice adds nothing
+
+
+def method_settings(specs: Sequence[str], thresholds: Sequence[float], decode: DecodeConfig) -> tuple[Setting, ...]:
+    """The token baseline (every comparison is paired against it), then each ``--method`` spec; a method
+    with a threshold parameter takes one setting per ``--thresholds`` value."""
+    from latentcot.methods import expand_thresholds, parse_method
+
+    settings = [Setting.of_method(parse_method("token"), decode)]
+    for spec in specs:
+        settings += [Setting.of_method(choice, decode) for choice in expand_thresholds(spec, list(thresholds))]
+    return unique_settings(settings)
+
+
+def unique_settings(settings: Sequence[Setting]) -> tuple[Setting, ...]:
+    """Each distinct decoding once (by setting id), in first-seen order: a baseline given again, or a
+    method that resolves to a setting already present, is decoded once."""
+    unique: dict[str, Setting] = {}
+    for setting in settings:
+        unique.setdefault(setting.id, setting)
+    return tuple(unique.values())

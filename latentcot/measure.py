@@ -62,7 +62,7 @@ class Counterfactual:
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __post_init__(self):
-        weight = self.table.weight.float()
+        weight = self.table.weight.float()  # raw rows: the table's scale (> 0) does not change a direction
         self.unit_rows = weight / weight.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def start(self, cache) -> None:
@@ -82,7 +82,7 @@ class Counterfactual:
         v = vector.float()
         norms = v.norm(dim=-1).clamp_min(1e-12)  # (B,)
         cos, nearest = (v @ self.unit_rows.T / norms[:, None]).max(dim=-1)  # (B,), (B,)
-        ratio = norms / self.table.weight[nearest].float().norm(dim=-1).clamp_min(1e-12)
+        ratio = norms / self.table.rows(nearest).float().norm(dim=-1).clamp_min(1e-12)  # against the scaled row
         self.cos.append(_where(is_latent, cos))
         self.norm.append(_where(is_latent, ratio))
         lens_logits = self.head(vector.to(self.table.weight.dtype)).float()  # (B, V)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -30,16 +31,88 @@ class Example:
 
 @dataclass(frozen=True)
 class EmbeddingTable:
-    """The model's input-embedding matrix and what latent modes need from it, computed once."""
+    """The model's input embeddings, on the scale its embedding module produces, and what latent
+    modes need from them.
 
-    weight: torch.Tensor  # (V, D)
-    mean_norm: torch.Tensor  # () mean L2 norm of the rows
+    Row ``i`` of the table is ``embed(i)``, which is ``weight[i] * scale``: Gemma's embedding module
+    multiplies by sqrt(hidden) in its forward, and ``inputs_embeds`` are not scaled again, so a
+    vector mixed from the raw ``weight`` would be that much too small. ``scale`` is kept apart (not
+    folded into a copy of ``weight``) because the tables that have one are among the largest
+    (Gemma's 256k rows). Read rows through ``rows``/``scaled``, never by indexing ``weight`` alone.
+    """
+
+    weight: torch.Tensor  # (V, D) raw rows; the module's embedding of token i is weight[i] * scale
+    mean_norm: torch.Tensor  # () mean L2 norm of the scaled rows
+    scale: float = 1.0  # > 0, exactly representable in weight.dtype (so rows match the module bit for bit)
+
+    CHUNK_ROWS: ClassVar[int] = 65536  # rows per chunk when reducing over a table (bounds the upcast copy)
+    PROBE_IDS: ClassVar[int] = 16  # ids compared when detecting an embedding module's scale
 
     @classmethod
     def from_module(cls, embed: torch.nn.Module) -> EmbeddingTable:
-        """The table of an input-embedding module (``model.get_input_embeddings()``)."""
-        weight = embed.weight.detach()  # (V, D)
-        return cls(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
+        """The table of an input-embedding module (``model.get_input_embeddings()``).
+
+        Compares ``embed(ids)`` with ``weight[ids]`` for a few ids: equal -> ``weight`` as is (no
+        copy); a constant positive ratio -> ``weight`` with that ``scale``; anything else (or no
+        ``weight``) -> every row materialised as ``embed(arange(V))``."""
+        with torch.no_grad():
+            weight = getattr(embed, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+                weight = weight.detach()
+                scale = cls._module_scale(embed, weight)
+                if scale is not None:
+                    return cls(weight, cls._mean_norm(weight) * scale, scale)
+                vocab, device = weight.shape[0], weight.device
+            else:
+                vocab, device = embed.num_embeddings, next(embed.parameters()).device
+            table = embed(torch.arange(vocab, device=device)).detach()  # (V, D)
+            return cls(table, cls._mean_norm(table))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (...) -> (..., D): exactly what the embedding module gives for those ids."""
+        return self.scaled(self.weight[ids])
+
+    def scaled(self, raw: torch.Tensor) -> torch.Tensor:
+        """(..., D) built linearly from raw ``weight`` rows (a mixture) -> on the module's scale."""
+        return raw if self.scale == 1.0 else raw * self.scale
+
+    @functools.cached_property
+    def mean_row(self) -> torch.Tensor:
+        """(D,) the mean of the scaled rows (every row of the table), in the table's dtype. Computed on
+        first use and kept on the instance: a pure function of the frozen fields."""
+        total = torch.zeros(self.weight.shape[1], dtype=torch.float64, device=self.weight.device)  # (D,)
+        for chunk in self.weight.split(self.CHUNK_ROWS):  # never an upcast copy of a whole large table
+            total += chunk.sum(dim=0, dtype=torch.float64)
+        return (total / self.weight.shape[0] * self.scale).to(self.weight.dtype)
+
+    @classmethod
+    def _mean_norm(cls, weight: torch.Tensor) -> torch.Tensor:
+        """() fp32 mean L2 norm of the rows of ``weight`` (V, D), reduced chunk by chunk."""
+        chunks = weight.split(cls.CHUNK_ROWS)
+        total = sum(torch.linalg.vector_norm(c.float(), dim=-1).double().sum() for c in chunks)
+        return (total / weight.shape[0]).float()
+
+    @classmethod
+    def _module_scale(cls, embed: torch.nn.Module, weight: torch.Tensor) -> float | None:
+        """The constant ``s`` with ``embed(i) == weight[i] * s`` bit for bit on a few probe ids, or None.
+
+        ``s`` is estimated by least squares in float64 and rounded to the weight's dtype, as HF's scaled
+        embeddings cast their scale (``embed_scale.to(weight.dtype)``) before multiplying."""
+        vocab = weight.shape[0]
+        ids = torch.linspace(0, vocab - 1, steps=min(vocab, cls.PROBE_IDS), device=weight.device).long().unique()
+        out, raw = embed(ids), weight[ids]  # (n, D) each
+        if out.shape != raw.shape or out.dtype != raw.dtype:
+            return None
+        if torch.equal(out, raw):
+            return 1.0
+        raw64 = raw.double()
+        energy = (raw64 * raw64).sum()
+        if energy == 0:
+            return None
+        scale = torch.tensor(((out.double() * raw64).sum() / energy).item(), dtype=weight.dtype).item()
+        if not 0 < scale < float("inf"):  # a negative ratio would flip cosines (and NaN fails too): materialise
+            return None
+        return scale if torch.equal(raw * scale, out) else None
 
 
 @dataclass(frozen=True)
@@ -66,10 +139,19 @@ class DecodedStep:
     is_marker: torch.Tensor  # (B,) bool, a begin/end-of-thought marker was fed
     fed: torch.Tensor  # (B,) long, the token fed (sampled or marker); unused on latent rows
     latent_vector: Callable[[], torch.Tensor]  # () -> (B, D) the latent mode's vector for every row, computed once
+    emitted: torch.Tensor  # (B,) bool, a latent step whose method also emitted the sampled token (MoI, SwiReasoning)
 
     @property
     def is_token(self) -> torch.Tensor:  # (B,) bool, a sampled token was fed
         return ~(self.is_latent | self.is_marker)
+
+    @property
+    def is_text(self) -> torch.Tensor:  # (B,) bool, the step adds a token to the row's text
+        return self.is_token | self.emitted
+
+    @property
+    def text_token(self) -> torch.Tensor:  # (B,) long, that token: the fed one, or the emitted sample
+        return torch.where(self.emitted, self.view.sampled, self.fed)
 
 
 # Runs one forward on the decode loop's KV cache with ``inputs_embeds`` (B, D) at the next position and

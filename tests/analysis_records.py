@@ -38,6 +38,12 @@ def setting(gate: str, threshold: float | None = None, **changes) -> tuple[str, 
     return sid, s
 
 
+def method_setting(method: str, setting_id: str | None = None, gate: str = "latent", **params) -> tuple[str, dict]:
+    """(setting_id, setting) of a named decoding method: ``setting.method`` plus its resolved
+    parameters, as records carry them once methods exist (default id: the method's name)."""
+    return setting_id or method, {**BASE_SETTING, "method": method, "gate": gate, **params}
+
+
 def record(
     setting_pair: tuple[str, dict],
     domain: str,

@@ -28,7 +28,10 @@ class Recording:
     def __init__(self, gate):
         self.gate, self.views = gate, []
 
-    def __call__(self, view):
+    def start(self, batch, device):
+        return self.gate.start(batch, device)
+
+    def __call__(self, view, state=None):
         self.views.append(
             StepView(
                 view.step,
@@ -40,7 +43,7 @@ class Recording:
                 view.active.clone(),
             )
         )
-        return self.gate(view)
+        return self.gate(view, state)
 
 
 def greedy(n=24, **kw):
@@ -75,6 +78,7 @@ def reference_decode(model, tokenizer, prompts, gate, latent, n_steps):
     batch = x.shape[0]
     n_latent = torch.zeros(batch, dtype=torch.long)
     run = torch.zeros(batch, dtype=torch.long)
+    state = gate.start(batch, "cpu")
     logits_per_step, modes = [], []
     with torch.no_grad():
         for t in range(n_steps):
@@ -90,7 +94,7 @@ def reference_decode(model, tokenizer, prompts, gate, latent, n_steps):
                 run,
                 torch.ones(batch, dtype=torch.bool),
             )
-            is_latent = gate(view)
+            is_latent = gate(view, state)
             nxt = torch.where(is_latent[:, None], latent(view, table), embed(logits.argmax(-1)))
             x = torch.cat([x, nxt[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], dim=1)

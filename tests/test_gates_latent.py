@@ -130,7 +130,7 @@ def test_row_seed_is_stable_and_distinct():
         (dict(kind="entropy"), "needs a threshold"),
         (dict(kind="entropy", threshold=-0.5), "threshold must be"),
         (dict(kind="entropy", threshold=float("nan")), "threshold must be"),
-        (dict(kind="token", threshold=1.0), "only applies to the entropy gate"),
+        (dict(kind="token", threshold=1.0), "only applies to the entropy and think-router gates"),
         (dict(kind="fixed"), "needs k"),
         (dict(kind="maybe"), "unknown gate 'maybe'; valid: token, latent, entropy, fixed"),
         (dict(kind="entropy", threshold=1.0, unit="dits"), "unknown unit"),

@@ -60,6 +60,17 @@ def unsupported(
             return "--markers is not supported by the vllm backend (use --backend hf)"
         if setting.decode.loop is not None:
             return "--loops/--exit are not supported by the vllm backend (use --backend hf)"
+        if setting.gate.kind not in ("token", "latent", "entropy", "fixed") or setting.gate.direction == "below":
+            name = setting.method.name if getattr(setting, "method", None) is not None else setting.gate.kind
+            return (
+                f"{name} is not supported by the vllm backend, which runs the token, latent, entropy (above) "
+                "and fixed gates (use --backend hf)"
+            )
+        if setting.gate.kind != "token" and setting.latent.extras():
+            return (
+                "the vllm backend builds plain soft and topk-soft latents only (no min_p or emitted tokens; "
+                "use --backend hf)"
+            )
         if setting.gate.kind != "token" and setting.latent.kind not in ("soft", "topk-soft"):
             return (
                 f"--latent {setting.latent.kind} is not supported by the vllm backend, which builds soft and "

@@ -20,6 +20,10 @@ DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + "
 # Word pieces: a run of letters or one other character, each with the space before it if any, or
 # one whitespace character. Every character of a text falls in exactly one piece.
 WORD_PIECE = r" ?[A-Za-z]+| ?[^A-Za-z\s]|\s"
+# Test-only architectures: the trainable ones plus families with their own input-embedding quirks
+# (Gemma scales token embeddings by sqrt(hidden) inside the embedding module) and attention
+# variants (Qwen3's q/k norms, Mistral). HF model types; not offered by `latentcot train`.
+TEST_ARCHITECTURES = (*ARCHITECTURES, "qwen3", "mistral", "gemma", "gemma2", "gemma3_text")
 
 
 def char_tokenizer(
@@ -91,8 +95,8 @@ def tiny_config(
             tie_word_embeddings=False,
             **parse_arch_spec(arch),
         )
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    if arch not in TEST_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(TEST_ARCHITECTURES)}")
     ids = dict(
         vocab_size=vocab_size,
         pad_token_id=pad_id,
@@ -103,6 +107,9 @@ def tiny_config(
     )
     if arch == "gpt2":
         return AutoConfig.for_model("gpt2", n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions, **ids)
+    # Qwen3 and Gemma default to head_dim 128/256 whatever the width; pin it to hidden / heads (32 at the
+    # default size), which keeps Gemma tiny. Other families derive it from hidden / heads already.
+    head_dim = {"head_dim": hidden // heads} if arch in ("qwen3", "gemma", "gemma2", "gemma3_text") else {}
     return AutoConfig.for_model(
         arch,
         hidden_size=hidden,
@@ -111,6 +118,7 @@ def tiny_config(
         num_attention_heads=heads,
         num_key_value_heads=heads,
         max_position_embeddings=positions,
+        **head_dim,
         **ids,
     )
 
