@@ -89,3 +89,9 @@ def check_prompts_room(
         return
     for name, ids in zip(names, tokenizer(list(prompts))["input_ids"]):
         check_room(len(ids), max_new_tokens, context, what, where=name)
+
+
+def single_tokens(tokenizer, texts) -> bool:
+    """Whether every one of ``texts`` is a single token of ``tokenizer`` (not the unknown token)."""
+    ids = [tokenizer.convert_tokens_to_ids(text) for text in texts]
+    return all(isinstance(i, int) and i != tokenizer.unk_token_id for i in ids)

@@ -20,11 +20,12 @@ from typing import Any
 
 from latentcot.backends import Backend, check_available, load_backend, unsupported
 from latentcot.config import BackendConfig, DecodeConfig, GateConfig, LatentConfig, ModelConfig, setting_id, setting_of
+from latentcot.decoding import single_tokens
 from latentcot.errors import InputError
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
 from latentcot.measure import MEASUREMENTS
-from latentcot.methods import MethodChoice, method_params
+from latentcot.methods import THOUGHT_MARKERS, MethodChoice, method_params
 from latentcot.sampling import row_seed
 from latentcot.store import RunStore, read_samples
 from latentcot.tasks.base import SPLITS
@@ -41,7 +42,19 @@ class Setting:
     @classmethod
     def of_method(cls, choice: MethodChoice, decode: DecodeConfig) -> Setting:
         gate, latent = choice.configs()
+        markers = choice.markers()
+        if markers not in (None, "auto") and decode.markers is None:  # "none", or the given pair
+            pair = tuple(s.strip() for s in markers.split(","))
+            decode = dataclasses.replace(decode, markers=None if markers == "none" else pair)
         return cls(gate, latent, decode, choice)
+
+    def with_model_markers(self, tokenizer) -> Setting:
+        """A method asking for the model's own thought markers ("auto") gets the first pair that is
+        single tokens of ``tokenizer``; otherwise it decodes without markers."""
+        if self.method is None or self.method.markers() != "auto" or self.decode.markers is not None:
+            return self
+        pair = next((pair for pair in THOUGHT_MARKERS if single_tokens(tokenizer, pair)), None)
+        return dataclasses.replace(self, decode=dataclasses.replace(self.decode, markers=pair)) if pair else self
 
     @property
     def id(self) -> str:
@@ -292,6 +305,10 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
 def _check_runnable(plan: Plan, tasks, engine: Backend) -> None:
     """Refuse, before anything is written, what would fail halfway through the run."""
     longest = max(s.decode.max_new_tokens for s in plan.settings)
+    for setting in plan.settings:
+        markers = setting.decode.markers
+        if markers is not None and not single_tokens(engine.tokenizer, markers):
+            raise InputError(f"--markers {','.join(markers)}: each must be a single token of the model's tokenizer")
     for task, examples in tasks:
         engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
         for setting in plan.settings:
@@ -326,6 +343,7 @@ def execute(
     check_available(plan.backend)
     loaded = load_backend(plan.model, plan.backend)
     engine = loaded.engine
+    plan = dataclasses.replace(plan, settings=tuple(s.with_model_markers(engine.tokenizer) for s in plan.settings))
     _check_runnable(plan, tasks, engine)
     with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume) as store:
         done = store.done_keys()

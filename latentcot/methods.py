@@ -22,6 +22,8 @@ from latentcot.errors import InputError
 from latentcot.validation import require
 
 REQUIRED = object()  # a parameter without a default
+# Begin/end-of-thought tokens of COCONUT models: this project's zoo, and the COCONUT paper's GPT-2 models.
+THOUGHT_MARKERS = (("<bot>", "<eot>"), ("<|start-latent|>", "<|end-latent|>"))
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,18 @@ METHODS: tuple[Method, ...] = (
     ),
     Method(
         "coconut",
-        "the first k steps feed the final hidden state back (use --markers for the model's thought markers)",
+        "the first k steps feed the final hidden state back, between the model's thought markers",
         "Training Large Language Models to Reason in a Continuous Latent Space (COCONUT), 2024",
         (
             Param("k", REQUIRED, int, "leading latent steps (the model's trained number of thoughts)"),
             Param("latent", "hidden", str, "latent mode fed (hidden: COCONUT; an ablation to test content)"),
+            Param(
+                "markers",
+                "auto",
+                str,
+                "auto (the model's own thought markers, when its tokenizer has them: "
+                f"{' or '.join(','.join(pair) for pair in THOUGHT_MARKERS)}) | none | BEGIN,END",
+            ),
         ),
         lambda p: (GateConfig("fixed", k=p["k"]), LatentConfig(p["latent"])),
     ),
@@ -191,6 +200,10 @@ class MethodChoice:
 
     def configs(self) -> tuple[GateConfig, LatentConfig]:
         return self.method.build(dict(self.params))
+
+    def markers(self) -> str | None:
+        """The method's ``markers`` parameter ("auto", "none" or "BEGIN,END"), if it has one."""
+        return dict(self.params).get("markers")
 
     def with_threshold(self, value: float) -> MethodChoice:
         require(self.method.threshold is not None, f"method {self.name} has no threshold to sweep")
