@@ -13,8 +13,11 @@ from latentcot.gates import make_gate
 from latentcot.latent import (
     HiddenLatent,
     MeanEmbeddingLatent,
+    MixtureOfInputs,
+    MultiplexLatent,
     NoiseLatent,
     NormedHiddenLatent,
+    RandomizedSoftLatent,
     ShuffledLatent,
     SoftLatent,
     TopKSoftLatent,
@@ -59,6 +62,9 @@ def test_every_mode_is_registered():
         "mean-embedding": MeanEmbeddingLatent,
         "shuffled": ShuffledLatent,
         "noise": NoiseLatent,
+        "moi": MixtureOfInputs,
+        "random-soft": RandomizedSoftLatent,
+        "multiplex": MultiplexLatent,
     }
     assert set(LATENT_MODES) == set(expected)
     for kind, cls in expected.items():
