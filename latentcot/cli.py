@@ -95,10 +95,20 @@ def _decode_config(common: CommonOptions):
     )
 
 
+def _latent_shaping(common: CommonOptions) -> list[tuple[str, object]]:
+    """The common options that shape --gate/--latent settings (None when not given)."""
+    return [
+        ("--unit", common.unit),
+        ("--latent-temperature", common.latent_temperature),
+        ("--latent-top-k", common.latent_top_k),
+    ]
+
+
 def _latent_config(common: CommonOptions, kind: str):
     from latentcot.config import LatentConfig
 
-    return LatentConfig(kind, common.latent_temperature, common.latent_top_k)
+    given = {"temperature": common.latent_temperature, "top_k": common.latent_top_k}
+    return LatentConfig(kind, **{name: value for name, value in given.items() if value is not None})
 
 
 @app.command(epilog=RUN_EXAMPLES)
@@ -141,6 +151,7 @@ def run(
                 ("--max-consecutive", max_consecutive),
                 ("--max-latent", max_latent),
                 ("--latent", latent),
+                *_latent_shaping(common),
             )
             if value is not None
         ]
@@ -149,7 +160,8 @@ def run(
         _execute(common, [Setting.of_method(parse_method(method), _decode_config(common))])
         return
     taus = tuple(read_threshold_map(threshold_map).items()) if threshold_map else None
-    gate_cfg = GateConfig(gate or "token", threshold, common.unit, max_consecutive, max_latent, k, threshold_map=taus)
+    unit = common.unit or "nats"
+    gate_cfg = GateConfig(gate or "token", threshold, unit, max_consecutive, max_latent, k, threshold_map=taus)
     _execute(common, [Setting(gate_cfg, _latent_config(common, latent or "hidden"), _decode_config(common))])
 
 
@@ -181,13 +193,22 @@ def sweep(
     taus = parse_thresholds(thresholds) if thresholds is not None else []
     decode = _decode_config(common)
     settings = method_settings(method, taus, decode) if method else ()
-    if not method or latent is not None or threshold_map is not None:  # the entropy grid of --latent
+    grid_wanted = not method or latent is not None or threshold_map is not None  # the entropy grid of --latent
+    if not grid_wanted:  # options of the entropy grid would be silently dropped
+        shaping = [("--max-consecutive", max_consecutive), ("--max-latent", max_latent), *_latent_shaping(common)]
+        given = [name for name, value in shaping if value is not None]
+        if given:
+            raise InputError(
+                f"{given[0]} shapes the --latent grid; with --method give it as a method parameter "
+                "(latentcot methods), or add --latent for the grid"
+            )
+    if grid_wanted:
         latents = [_latent_config(common, kind.strip()) for kind in (latent or "hidden").split(",") if kind.strip()]
         grid = sweep_settings(
             taus,
             latents,
             decode,
-            unit=common.unit,
+            unit=common.unit or "nats",
             threshold_map=read_threshold_map(threshold_map) if threshold_map else None,
             max_consecutive=max_consecutive,
             max_latent=max_latent,

@@ -40,9 +40,13 @@ _COMMON = {
     ),
     "limit": (int | None, typer.Option(None, "--limit", "-n", min=1, help="Examples per task.")),
     "split": (str, typer.Option("test", help="Split of a generated task: train, valid or test.")),
-    "unit": (str, typer.Option("nats", help="Threshold unit: nats | bits | normalized (H / log V).")),
-    "latent_temperature": (float, typer.Option(1.0, help="Soft latent modes: softmax temperature of the mixture.")),
-    "latent_top_k": (int, typer.Option(8, help="topk-soft: number of token embeddings mixed.")),
+    # None = not given: these shape the --gate/--latent settings; with --method they are method parameters
+    "unit": (str | None, typer.Option(None, help="Threshold unit: nats (default) | bits | normalized (H / log V).")),
+    "latent_temperature": (
+        float | None,
+        typer.Option(None, help="Soft latent modes: softmax temperature of the mixture (default 1)."),
+    ),
+    "latent_top_k": (int | None, typer.Option(None, help="topk-soft: number of token embeddings mixed (default 8).")),
     "markers": (
         str | None,
         typer.Option(None, help="Begin,end thought tokens fed around latent segments, e.g. '<bot>,<eot>'."),
