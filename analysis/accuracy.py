@@ -74,7 +74,8 @@ def threshold_rows(samples: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def _accuracy_columns(table: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
+def accuracy_columns(table: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
+    """Add ``accuracy``, its Wilson interval (``lo``, ``hi``) and ``enough`` to a table with ``correct`` and ``n``."""
     table["accuracy"] = table["correct"] / table["n"]
     table["lo"], table["hi"] = wilson_interval(table["correct"], table["n"], options.confidence)
     table["enough"] = table["n"] >= options.min_points
@@ -98,7 +99,7 @@ def settings_table(samples: pd.DataFrame, options: AnalysisOptions = AnalysisOpt
         )
         .reset_index()
     )
-    table = _accuracy_columns(table, options)
+    table = accuracy_columns(table, options)
     table["latent"] = table["latent"].where(table["gate"] != "token")  # a token gate feeds no latent
     table["order"] = table["gate"].map(GATE_ORDER).fillna(len(GATE_ORDER))
     table = table.sort_values(["domain", "order", "latent", "threshold", "setting_id"], na_position="first")
@@ -142,7 +143,7 @@ def accuracy_vs_threshold(samples: pd.DataFrame, options: AnalysisOptions = Anal
         )
         .reset_index()
     )
-    table = _accuracy_columns(table, options)
+    table = accuracy_columns(table, options)
     half = z_value(options.confidence) * table["latent_sd"].fillna(0) / np.sqrt(table["n"])
     table["latent_lo"] = (table["latent_fraction"] - half).clip(0, 1)
     table["latent_hi"] = (table["latent_fraction"] + half).clip(0, 1)
@@ -334,7 +335,7 @@ def accuracy_vs_entropy(samples: pd.DataFrame, options: AnalysisOptions = Analys
     )
     table["bin_left"], table["bin_right"] = edges[table["bin"]], edges[table["bin"] + 1]
     table["entropy"] = (table["bin_left"] + table["bin_right"]) / 2
-    return _accuracy_columns(table, options)[columns]
+    return accuracy_columns(table, options)[columns]
 
 
 def pareto_table(settings: pd.DataFrame) -> pd.DataFrame:

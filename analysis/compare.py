@@ -19,8 +19,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
+from .accuracy import accuracy_columns
 from .plots import GATE_COLOURS, HOLLOW_NOTE, figure_note, house_style, new_figure, palette
-from .stats import AnalysisOptions, wilson_interval
+from .stats import AnalysisOptions
 
 EXAMPLE = ["task_spec", "example_id"]  # one example across settings
 REFERENCE_METHOD = "token"
@@ -125,9 +126,7 @@ def method_comparison(samples: pd.DataFrame, options: AnalysisOptions = Analysis
         )
         .reset_index()
     )
-    table["accuracy"] = table["correct"] / table["n"]
-    table["lo"], table["hi"] = wilson_interval(table["correct"], table["n"], options.confidence)
-    table["enough"] = table["n"] >= options.min_points
+    table = accuracy_columns(table, options)
     reference = references(samples)
     table["baseline"] = table["domain"].map(reference)
     table = table.merge(paired_counts(samples, reference), on=["domain", "setting_id"], how="left")

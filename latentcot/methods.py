@@ -205,10 +205,6 @@ class MethodChoice:
         """The method's ``markers`` parameter ("auto", "none" or "BEGIN,END"), if it has one."""
         return dict(self.params).get("markers")
 
-    def with_threshold(self, value: float) -> MethodChoice:
-        require(self.method.threshold is not None, f"method {self.name} has no threshold to sweep")
-        return resolve(self.method, {**dict(self.params), self.method.threshold: value})
-
 
 def _convert(param: Param, text: str, spec: str) -> Any:
     if param.optional and text.lower() in ("none", "null", ""):

@@ -61,7 +61,7 @@ def unsupported(
         if setting.decode.loop is not None:
             return "--loops/--exit are not supported by the vllm backend (use --backend hf)"
         if setting.gate.kind not in ("token", "latent", "entropy", "fixed") or setting.gate.direction == "below":
-            name = setting.method.name if getattr(setting, "method", None) is not None else setting.gate.kind
+            name = setting.method.name if setting.method is not None else setting.gate.kind
             return (
                 f"{name} is not supported by the vllm backend, which runs the token, latent, entropy (above) "
                 "and fixed gates (use --backend hf)"

@@ -78,6 +78,14 @@ def tiny_config(
 
     ``arch`` may also be a looped spec, ``looped:k=2,L=4[,prelude=1,coda=1,inject=add,random=1,cos=0.1,pos=learned]``
     (see latentcot.zoo.looped); ``layers`` is then ignored: the spec gives the depth."""
+    ids = dict(
+        vocab_size=vocab_size,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        initializer_range=init_std,
+        tie_word_embeddings=False,
+    )
     if arch.partition(":")[0] == "looped":
         from latentcot.zoo.looped import LoopedConfig
 
@@ -87,24 +95,11 @@ def tiny_config(
             num_attention_heads=heads,
             num_key_value_heads=heads,
             max_position_embeddings=positions,
-            vocab_size=vocab_size,
-            pad_token_id=pad_id,
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,
-            initializer_range=init_std,
-            tie_word_embeddings=False,
+            **ids,
             **parse_arch_spec(arch),
         )
     if arch not in TEST_ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(TEST_ARCHITECTURES)}")
-    ids = dict(
-        vocab_size=vocab_size,
-        pad_token_id=pad_id,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        initializer_range=init_std,
-        tie_word_embeddings=False,
-    )
     if arch == "gpt2":
         return AutoConfig.for_model("gpt2", n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions, **ids)
     # Qwen3 and Gemma default to head_dim 128/256 whatever the width; pin it to hidden / heads (32 at the
