@@ -151,6 +151,8 @@ class GateConfig:
     direction: str | None = None  # entropy gate: above (latent when H > τ, the default) | below (H < τ)
     window: int | None = None  # swir: steps a token row stays before it may switch back (default 512)
     max_switches: int | None = None  # swir: latent -> token switches before a row stays in token mode
+    alpha0: float | None = None  # swir: weight of the soft input at a switch to latent (rest: begin marker; 1.0)
+    beta0: float | None = None  # swir: weight of the soft input at a switch to tokens (rest: end marker; 0.7)
     cold_stop_entropy: float | None = None  # cold-stop: tempered entropy bound (default 0.01)
     cold_stop_steps: int | None = None  # cold-stop: consecutive steps below it that end thinking (default 256)
     cold_stop_temperature: float | None = None  # cold-stop: temperature of that entropy (default 0.6)
@@ -199,13 +201,15 @@ class GateConfig:
         """Fill in the published defaults of the kind's own parameters; refuse other kinds' parameters."""
         own = {
             "entropy": {"direction": "above"},
-            "swir": {"window": 512},
+            "swir": {"window": 512, "alpha0": 1.0, "beta0": 0.7},
             "cold-stop": {"cold_stop_entropy": 0.01, "cold_stop_steps": 256, "cold_stop_temperature": 0.6},
         }.get(self.kind, {})
         for name in (
             "direction",
             "window",
             "max_switches",
+            "alpha0",
+            "beta0",
             "cold_stop_entropy",
             "cold_stop_steps",
             "cold_stop_temperature",
@@ -218,6 +222,9 @@ class GateConfig:
         for name in ("window", "max_switches", "cold_stop_steps"):
             value = getattr(self, name)
             require(value is None or (is_int(value) and value >= 0), f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("alpha0", "beta0"):
+            value = getattr(self, name)
+            require(value is None or (is_number(value) and 0 <= value <= 1), f"{name} must be in [0, 1], got {value!r}")
         for name in ("cold_stop_entropy", "cold_stop_temperature"):
             value = getattr(self, name)
             require(value is None or (is_number(value) and value > 0), f"{name} must be a number > 0, got {value!r}")
@@ -296,7 +303,16 @@ def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
     }
 
 
-GATE_EXTRAS = ("direction", "window", "max_switches", "cold_stop_entropy", "cold_stop_steps", "cold_stop_temperature")
+GATE_EXTRAS = (
+    "direction",
+    "window",
+    "max_switches",
+    "alpha0",
+    "beta0",
+    "cold_stop_entropy",
+    "cold_stop_steps",
+    "cold_stop_temperature",
+)
 
 
 def _gate_extras(gate: GateConfig) -> dict[str, Any]:
@@ -335,7 +351,9 @@ def setting_id(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
         parts = [f"think-router-{gate.threshold:g}", latent.kind]
     elif gate.kind == "swir":
         parts = [
-            f"swir-w{gate.window}" + (f"s{gate.max_switches}" if gate.max_switches is not None else ""),
+            f"swir-w{gate.window}"
+            + (f"s{gate.max_switches}" if gate.max_switches is not None else "")
+            + (f"a{gate.alpha0:g}b{gate.beta0:g}" if (gate.alpha0, gate.beta0) != (1.0, 0.7) else ""),
             latent.kind,
         ]
     elif gate.kind == "cold-stop":

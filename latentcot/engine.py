@@ -97,8 +97,11 @@ class _Rows:
         false = torch.zeros(batch, dtype=torch.bool, device=device)
         return cls(zeros, zeros.clone(), ~false, zeros.clone(), false, false.clone())
 
-    def view(self, step: int, logits, entropy, hidden, sampled, generators) -> StepView:
-        return StepView(step, logits, entropy, hidden, self.n_latent, self.latent_run, self.active, sampled, generators)
+    def view(self, step: int, logits, entropy, hidden, sampled, generators, markers, max_steps) -> StepView:
+        return StepView(
+            step, logits, entropy, hidden, self.n_latent, self.latent_run, self.active, sampled, generators, markers,
+            max_steps,
+        )  # fmt: skip
 
     def decide(self, want_latent: torch.Tensor, sampled: torch.Tensor, markers: tuple[int, int] | None):
         """(is_latent, is_marker, fed token ids) for this step, from the gate's wish."""
@@ -220,6 +223,10 @@ class Engine:
         seeds = [row_seed(seed, i) for i in range(batch)] if isinstance(seed, int) else list(seed)
         generators = make_generators(seeds, self.device)  # sampling, and any gate or latent mode that draws
         markers = self._marker_ids(cfg)
+        # COCONUT-style gates get the markers inserted as steps of their own; a gate that blends them into
+        # its inputs (SwiReasoning) asks for the mix through its state's ``marker_weight`` (B, 2) instead.
+        inserted = None if getattr(gate, "blends_markers", False) else markers
+        marker_rows = self.table.rows(torch.tensor(markers, device=self.device)) if markers else None  # (2, D)
         observers = make_observers(measure, self.table, self.model.get_output_embeddings())
 
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
@@ -246,13 +253,16 @@ class Engine:
                 probs, entropy = distribution_stats(out.logits)  # (B, V), (B,)
                 argmax = out.logits.argmax(-1)  # (B,)
                 sampled = argmax if cfg.greedy else choose_tokens(out.logits, cfg, generators)
-                view = rows.view(t, out.logits, entropy, out.hidden, sampled, generators)
-                is_latent, is_marker, fed = rows.decide(gate(view, gate_state), sampled, markers)
+                view = rows.view(t, out.logits, entropy, out.hidden, sampled, generators, markers, cfg.max_new_tokens)
+                is_latent, is_marker, fed = rows.decide(gate(view, gate_state), sampled, inserted)
                 latent_vector = functools.cache(functools.partial(latent, view, self.table))  # () -> (B, D), once
                 step = DecodedStep(view, is_latent, is_marker, fed, latent_vector, is_latent & emits)
                 x = self.embed(fed)  # (B, D)
                 if bool(is_latent.any()):
                     x = torch.where(is_latent[:, None], latent_vector(), x)
+                blend = getattr(gate_state, "marker_weight", None)  # (B, 2) or None
+                if marker_rows is not None and blend is not None:
+                    x = (1 - blend.sum(-1, keepdim=True)).to(x.dtype) * x + blend.to(x.dtype) @ marker_rows
                 steps.record(step, probs, argmax, rows.active, out.loops)
 
                 rows.advance(is_latent)

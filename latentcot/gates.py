@@ -131,6 +131,8 @@ class SwitchState(RowState):
     reference: torch.Tensor  # (B,) fp32, entropy at the row's last switch (at step 0 first)
     stay: torch.Tensor  # (B,) long, steps since the last switch
     switches: torch.Tensor  # (B,) long, latent -> token switches so far
+    locked: torch.Tensor  # (B,) bool, the row sampled the end-of-thinking marker: tokens for good
+    marker_weight: torch.Tensor  # (B, 2) fp32, this step's input blend of the (begin, end) marker embeddings
 
 
 class SwiReasoningGate:
@@ -141,26 +143,42 @@ class SwiReasoningGate:
     row switches back when H > reference and at least ``window`` steps passed since its last switch.
     Every switch resets the counter and makes the current H the reference. After ``max_switches``
     latent -> token switches (None: no limit) the row stays in token mode (the reference code injects
-    an answer prompt there instead; a fixed prompt has no place in a task-agnostic harness)."""
+    an answer prompt there instead; a fixed prompt has no place in a task-agnostic harness).
 
-    def __init__(self, window: int = 512, max_switches: int | None = None):
+    With thought markers (the model's ``<think>``/``</think>``), as the reference does: a row that
+    samples the end marker stays in token mode for good; the input at a switch to latent is
+    α·soft + (1 − α)·e(begin), and at a switch to tokens β·soft + (1 − β)·e(end) (a continuous
+    input, so that step is latent in the record and emits its sampled token), with
+    α = α0 + (1 − α0)·t/T and β = β0 + (1 − β0)·t/T over the step budget T. The gate asks for the
+    blend through ``state.marker_weight``; the engine mixes the marker embeddings in. Left out: the
+    reference's 0.1 blend of its tokenizer's ``\\n`` token into the first input, and its forcing of
+    token mode on math-symbol tokens (both tied to its tokenizer and benchmarks)."""
+
+    blends_markers = True  # markers are mixed into switch inputs, never inserted as steps of their own
+
+    def __init__(self, window: int = 512, max_switches: int | None = None, alpha0: float = 1.0, beta0: float = 0.7):
         self.window = window
         self.max_switches = max_switches
+        self.alpha0 = alpha0
+        self.beta0 = beta0
 
     def start(self, batch: int, device: torch.device | str) -> SwitchState:
         zeros = torch.zeros(batch, dtype=torch.long, device=device)
-        return SwitchState(
-            torch.ones(batch, dtype=torch.bool, device=device), torch.zeros(batch, device=device), zeros, zeros.clone()
-        )
+        false = torch.zeros(batch, dtype=torch.bool, device=device)
+        weight = torch.zeros(batch, 2, device=device)
+        return SwitchState(~false, torch.zeros(batch, device=device), zeros, zeros.clone(), false, weight)
 
     def __call__(self, view: StepView, state: SwitchState) -> torch.Tensor:
         entropy = view.entropy.float()  # (B,)
+        if view.markers is not None and view.sampled is not None:
+            state.locked = state.locked | (view.sampled == view.markers[1])
+        state.marker_weight = torch.zeros_like(state.marker_weight)
         if view.step == 0:
             state.reference = entropy.clone()
-            return state.latent.clone()
+            return state.latent & ~state.locked
         state.stay = state.stay + 1
         to_token = state.latent & (entropy < state.reference)
-        to_latent = ~state.latent & (entropy > state.reference) & (state.stay >= self.window)
+        to_latent = ~state.latent & (entropy > state.reference) & (state.stay >= self.window) & ~state.locked
         if self.max_switches is not None:
             to_latent &= state.switches < self.max_switches
         switched = to_token | to_latent
@@ -168,7 +186,15 @@ class SwiReasoningGate:
         state.stay = torch.where(switched, 0, state.stay)
         state.reference = torch.where(switched, entropy, state.reference)
         state.switches = state.switches + to_token.long()
-        return state.latent.clone()
+        latent = state.latent & ~state.locked
+        if view.markers is None:
+            return latent
+        progress = view.step / max(view.max_steps, 1)
+        alpha = self.alpha0 + (1 - self.alpha0) * progress
+        beta = self.beta0 + (1 - self.beta0) * progress
+        state.marker_weight[:, 0] = torch.where(to_latent & latent, 1 - alpha, 0.0)
+        state.marker_weight[:, 1] = torch.where(to_token, 1 - beta, 0.0)
+        return latent | to_token  # the switch input is continuous (the soft input, blended), even at β = 1
 
 
 @dataclasses.dataclass
@@ -213,7 +239,7 @@ def make_gate(cfg: GateConfig) -> Gate:
     if cfg.kind == "think-router":
         return ThinkRouterGate(cfg.threshold)
     if cfg.kind == "swir":
-        return SwiReasoningGate(cfg.window, cfg.max_switches)
+        return SwiReasoningGate(cfg.window, cfg.max_switches, cfg.alpha0, cfg.beta0)
     if cfg.kind == "cold-stop":
         return ColdStopGate(cfg.cold_stop_entropy, cfg.cold_stop_steps, cfg.cold_stop_temperature)
     return EntropyGate(cfg.threshold, cfg.unit, cfg.max_consecutive, cfg.max_latent, cfg.direction)

@@ -22,8 +22,12 @@ from latentcot.errors import InputError
 from latentcot.validation import require
 
 REQUIRED = object()  # a parameter without a default
-# Begin/end-of-thought tokens of COCONUT models: this project's zoo, and the COCONUT paper's GPT-2 models.
-THOUGHT_MARKERS = (("<bot>", "<eot>"), ("<|start-latent|>", "<|end-latent|>"))
+# Begin/end-of-thought tokens: this project's zoo, the COCONUT paper's GPT-2 models, reasoning models (Qwen3, R1).
+THOUGHT_MARKERS = (("<bot>", "<eot>"), ("<|start-latent|>", "<|end-latent|>"), ("<think>", "</think>"))
+_MARKERS_HELP = (
+    "auto (the model's own thought markers, when its tokenizer has them: "
+    f"{' or '.join(','.join(pair) for pair in THOUGHT_MARKERS)}) | none | BEGIN,END"
+)
 
 
 @dataclass(frozen=True)
@@ -88,13 +92,7 @@ METHODS: tuple[Method, ...] = (
         (
             Param("k", REQUIRED, int, "leading latent steps (the model's trained number of thoughts)"),
             Param("latent", "hidden", str, "latent mode fed (hidden: COCONUT; an ablation to test content)"),
-            Param(
-                "markers",
-                "auto",
-                str,
-                "auto (the model's own thought markers, when its tokenizer has them: "
-                f"{' or '.join(','.join(pair) for pair in THOUGHT_MARKERS)}) | none | BEGIN,END",
-            ),
+            Param("markers", "auto", str, _MARKERS_HELP),
         ),
         lambda p: (GateConfig("fixed", k=p["k"]), LatentConfig(p["latent"])),
     ),
@@ -138,9 +136,14 @@ METHODS: tuple[Method, ...] = (
         (
             Param("window", 512, int, "steps a token segment lasts before it may switch back to latent"),
             Param("max_switches", None, int, "latent -> token switches before a row stays in tokens", optional=True),
+            Param("alpha0", 1.0, float, "soft share of the input at a switch to latent (rest: begin marker)"),
+            Param("beta0", 0.7, float, "soft share of the input at a switch to tokens (rest: end marker)"),
+            Param("markers", "auto", str, _MARKERS_HELP + "; blended into switch inputs, never inserted"),
         ),
         lambda p: (
-            GateConfig("swir", window=p["window"], max_switches=p["max_switches"]),
+            GateConfig(
+                "swir", window=p["window"], max_switches=p["max_switches"], alpha0=p["alpha0"], beta0=p["beta0"]
+            ),
             LatentConfig("soft", temperature=1.0, emit=True),
         ),
     ),

@@ -128,6 +128,8 @@ class StepView:
     active: torch.Tensor  # (B,) bool, row still generating
     sampled: torch.Tensor | None = None  # (B,) long, the token the sampler chose this step (argmax when greedy)
     generators: Sequence[torch.Generator] = ()  # one per row: randomness a gate or latent mode draws
+    markers: tuple[int, int] | None = None  # (begin, end) thought-marker token ids, when the setting has them
+    max_steps: int = 0  # the step budget (max_new_tokens): schedules that depend on progress use it
 
 
 @dataclass(frozen=True)

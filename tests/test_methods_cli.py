@@ -191,9 +191,11 @@ def test_record_contract_holds_for_every_method(methods_run, saved_model):
         assert 1 <= r["n_steps"] <= 10 and r["task"] == "addition" and r["domain"] == "arithmetic"
         modes = r["steps"]["mode"]
         assert r["n_latent"] == modes.count("latent")
-        # only COCONUT feeds thought markers: the model's own (this tokenizer has <bot>/<eot>: markers=auto)
+        # COCONUT inserts the model's own thought markers (this tokenizer has <bot>/<eot>: markers=auto);
+        # SwiReasoning blends them into its switch inputs, so no step of its is a marker
         assert set(modes) <= ({"token", "latent", "marker"} if method == "coconut" else {"token", "latent"})
-        assert r["setting"]["markers"] == (["<bot>", "<eot>"] if method == "coconut" else None), method
+        with_markers = method in ("coconut", "swir")
+        assert r["setting"]["markers"] == (["<bot>", "<eot>"] if with_markers else None), method
         assert isinstance(r["correct"], bool) and r["finish_reason"] in ("eos", "stop", "length")
         emitted = r["steps"].get("emitted")
         assert (emitted is not None) == (method in EMITTING), method
@@ -255,6 +257,7 @@ def bad_method_inputs():
         "unknown method on run": ("run", ["--method", "nosuch"], "unknown method 'nosuch'"),
         "unknown key": ("sweep", ["--method", "swir:windw=3"], "unknown parameter 'windw' for method swir"),
         "negative window": ("run", ["--method", "swir:window=-1"], "window must be an integer >= 0"),
+        "blend weight outside [0, 1]": ("sweep", ["--method", "swir:beta0=1.5"], "beta0 must be in [0, 1]"),
         "negative k": ("sweep", ["--method", "coconut:k=-1"], "needs k, an integer >= 0"),
         "p_max threshold above 1": ("run", ["--method", "think-router:threshold=1.5"], "in [0, 1]"),
         "swept p_max threshold above 1": ("sweep", ["--method", "think-router", "--thresholds", "0.5,2"], "in [0, 1]"),

@@ -194,7 +194,7 @@ def test_swireasoning_gate_follows_generate_swir(window, max_switches):
 
 def test_swireasoning_method_defaults_and_soft_input():
     gate, latent = built("swir")
-    assert (gate.window, gate.max_switches) == (512, None)
+    assert (gate.window, gate.max_switches, gate.alpha0, gate.beta0) == (512, None, 1.0, 0.7)
     # the soft input: softmax(logits) @ E over the whole vocabulary, at T = 1; the sampled token is emitted
     assert isinstance(latent, Emitting) and latent.emits_tokens and isinstance(latent.mode, SoftLatent)
     table, weight = table_of(12, 6, seed=3)
@@ -651,3 +651,80 @@ def test_multiplex_samples_are_distributed_as_p():
     counts = sum(multiplex_counts(logits, range(500, 550), 4, step).sum(0) for step in range(10))
     assert counts.sum() == 50 * 10 * 4
     assert scipy.stats.chisquare(counts, np.asarray(probs) * counts.sum()).pvalue > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# SwiReasoning with thought markers: the whole generate_swir input rule, end to end through the engine
+
+
+def swir_reference_generate(model, tokenizer, prompt, n_steps, window, alpha0, beta0, begin, end):
+    """generate_swir transcribed for one row, greedy and without a KV cache (every step re-runs the
+    whole input sequence). Returns (mode per step as latentcot records it, argmax tokens, entropies,
+    events). The reference's first-step "\\n" blend and math-token forcing are left out, as in the
+    library."""
+    E = model.get_input_embeddings().weight.detach().double()  # (V, D); llama: no embedding scale
+    x = E[tokenizer(prompt)["input_ids"]]  # (T, D)
+    soft_mode, locked, stay, ref = True, False, 0, None
+    modes, tokens, entropies, events = [], [], [], set()
+    with torch.no_grad():
+        for step in range(n_steps):
+            logits = model(inputs_embeds=x[None].to(model.dtype)).logits[0, -1].double()
+            p = torch.softmax(logits, -1)
+            h = float(-(p * p.clamp(min=1e-12).log()).sum())
+            tok = int(p.argmax())
+            if tok == end:
+                locked = True
+                events.add("locked by the end marker")
+            to_soft = to_normal = False
+            if step == 0:
+                ref = h
+            else:
+                stay += 1
+                to_normal = soft_mode and h < ref
+                to_soft = (not soft_mode) and h > ref and stay >= window and not locked
+                if to_normal or to_soft:
+                    soft_mode, stay, ref = to_soft, 0, h
+                    events.add("to token" if to_normal else "to latent")
+            is_normal = (not soft_mode) or locked
+            soft = p @ E
+            alpha = alpha0 + (1 - alpha0) * step / n_steps
+            beta = beta0 + (1 - beta0) * step / n_steps
+            if to_soft:
+                soft = alpha * soft + (1 - alpha) * E[begin]
+            normal = beta * soft + (1 - beta) * E[end] if to_normal else E[tok]
+            x = torch.cat([x, (normal if is_normal else soft)[None]])
+            modes.append("latent" if (not is_normal or to_normal) else "token")
+            tokens.append(tok)
+            entropies.append(h)
+    return modes, tokens, entropies, events
+
+
+def test_swireasoning_marker_blend_and_lock_follow_generate_swir(models64, tokenizer):
+    from latentcot.config import DecodeConfig
+    from latentcot.engine import Engine
+
+    model, n, window, alpha0, beta0 = models64["llama"], 24, 2, 0.5, 0.6
+    engine = Engine(model, tokenizer)
+    begin = tokenizer.convert_tokens_to_ids("<bot>")
+    spec = f"swir:window={window},alpha0={alpha0},beta0={beta0}"
+    gate, latent = built(spec)
+    checked = 0
+    # the end marker is a character the model does emit, so that the lock happens somewhere
+    probe_modes, probe_tokens, _, _ = swir_reference_generate(model, tokenizer, "12+7=", n, window, 0.5, 0.6, begin, 5)
+    for end in dict.fromkeys(probe_tokens[3:]):
+        want_modes, want_tokens, want_h, events = swir_reference_generate(
+            model, tokenizer, "12+7=", n, window, alpha0, beta0, begin, end
+        )
+        cfg = DecodeConfig(max_new_tokens=n, markers=("<bot>", tokenizer.convert_ids_to_tokens(end)), ignore_eos=True)
+        (trace,) = engine.generate(["12+7="], gate, latent, cfg)
+        assert trace.mode == want_modes and trace.token_id == want_tokens, end
+        np.testing.assert_allclose(trace.entropy, want_h, rtol=1e-5, atol=0)  # fp32 entropies
+        checked += 1
+        if events == {"to token", "to latent", "locked by the end marker"}:
+            break
+    else:
+        pytest.fail(f"no end marker among {checked} made every branch happen")
+    # markers blended, never inserted; with alpha0 = beta0 = 1 and no markers the inputs differ
+    assert "marker" not in trace.mode
+    (plain,) = engine.generate(["12+7="], gate, latent, DecodeConfig(max_new_tokens=n, ignore_eos=True))
+    assert plain.entropy != trace.entropy
