@@ -8,6 +8,7 @@ same forward. The engine never touches files.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from latentcot.kvcache import preallocated_cache
 from latentcot.latent import LatentMode
 from latentcot.measure import make_observers
 from latentcot.sampling import choose_tokens, distribution_stats, make_generators, row_seed
+from latentcot.tree import Arm, Tree, copy_generators, select_state
 from latentcot.types import LATENT, MARKER, TOKEN, DecodedStep, EmbeddingTable, StepView, Trace
 
 MODES = (TOKEN, LATENT, MARKER)  # codes 0, 1, 2 in the per-step mode tensor
@@ -69,6 +71,11 @@ class _Steps:
         if self.emits:
             self.emitted.append(step.emitted)
 
+    def reindex(self, parent: torch.Tensor) -> None:
+        """The history of the rows after a fork: row i's past is that of row parent[i]."""
+        for name in ("latent", "marker", "token_id", "entropy", "p_token", "p_max", "active", "loops", "emitted"):
+            setattr(self, name, [values[parent] for values in getattr(self, name)])
+
     def per_row(self) -> dict[str, list[list]]:
         """(T, B) per field -> per row python lists, one device sync for everything."""
         mode = torch.stack(self.latent, dim=1).long() + 2 * torch.stack(self.marker, dim=1).long()  # MODES index
@@ -78,6 +85,16 @@ class _Steps:
             "mode": mode.cpu().tolist(),
             **{name: torch.stack(getattr(self, name), dim=1).cpu().tolist() for name in names},
         }
+
+
+class _Choice(NamedTuple):
+    """One arm's decision for every row (B,), or every arm's (K, B) once stacked."""
+
+    is_latent: torch.Tensor  # bool
+    is_marker: torch.Tensor  # bool
+    fed: torch.Tensor  # long, the token fed on a token or marker step
+    after_begin: torch.Tensor  # bool, this step feeds the begin marker
+    after_end: torch.Tensor  # bool, this step feeds the end marker
 
 
 @dataclass
@@ -103,17 +120,21 @@ class _Rows:
             max_steps,
         )  # fmt: skip
 
-    def decide(self, want_latent: torch.Tensor, sampled: torch.Tensor, markers: tuple[int, int] | None):
-        """(is_latent, is_marker, fed token ids) for this step, from the gate's wish."""
+    def decide(self, want_latent: torch.Tensor, sampled: torch.Tensor, markers: tuple[int, int] | None) -> _Choice:
+        """What the gate's wish means for this step's input, given the markers inserted around latent segments."""
+        false = torch.zeros_like(want_latent)
         if markers is None:
-            return want_latent, torch.zeros_like(want_latent), sampled
+            return _Choice(want_latent, false, sampled, false, false)
         # A begin marker commits the next step to a latent; an end marker to a token.
         want_latent = (want_latent | self.after_begin) & ~self.after_end
         opening = want_latent & (self.latent_run == 0) & ~self.after_begin
         closing = ~want_latent & (self.latent_run > 0)
-        self.after_begin, self.after_end = opening, closing
         fed = torch.where(opening, markers[0], torch.where(closing, markers[1], sampled))
-        return want_latent & ~opening, opening | closing, fed
+        return _Choice(want_latent & ~opening, opening | closing, fed, opening, closing)
+
+    def reindex(self, parent: torch.Tensor) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name)[parent])
 
     def advance(self, is_latent: torch.Tensor) -> None:
         self.n_latent = self.n_latent + is_latent
@@ -172,6 +193,70 @@ class _CachedForward:
         return logits
 
 
+class TreeResult(NamedTuple):
+    traces: dict[tuple[int, int], Trace]  # (prompt index, arm index) -> trace
+    spilled: list[tuple[int, tuple[int, ...]]]  # (prompt index, arms) that found no room: decode them again
+    forward_rows: int  # rows computed by forwards while active (prefill: one per prompt)
+    trajectories: int  # distinct trajectories decoded (rows of the tree at the end)
+
+
+def _latent_ids(arms: Sequence[Arm]) -> list[int]:
+    """Per arm, the index of the first arm with the same latent mode (same key, or the same object)."""
+    ids = []
+    for k, arm in enumerate(arms):
+        same = (j for j, other in enumerate(arms[:k]) if other.latent is arm.latent or (
+            arm.latent_key is not None and other.latent_key == arm.latent_key))  # fmt: skip
+        ids.append(next(same, k))
+    return ids
+
+
+def _idle(sampled: torch.Tensor) -> _Choice:
+    """The decision of an arm no row carries any more: never looked at."""
+    false = torch.zeros_like(sampled, dtype=torch.bool)
+    return _Choice(false, false, sampled, false, false)
+
+
+def _blend(state, sampled: torch.Tensor) -> torch.Tensor:
+    """(B, 2) fp32 marker blend a gate asks for (SwiReasoning's switches), zeros for other gates."""
+    weight = getattr(state, "marker_weight", None)
+    return weight.float() if weight is not None else torch.zeros(sampled.shape[0], 2, device=sampled.device)
+
+
+def _input_code(choice: _Choice, latent_ids: torch.Tensor) -> torch.Tensor:
+    """(K, B) fp32 naming the input each arm feeds: the token id, or -1 - its latent mode's id. Ids below
+    2**24 are exact in fp32."""
+    latent = -1 - latent_ids[:, None].expand_as(choice.fed)
+    return torch.where(choice.is_latent, latent, choice.fed).float()
+
+
+def _latent_inputs(arms: Sequence[Arm], row_latent: torch.Tensor, view: StepView, table: EmbeddingTable):
+    """(B, D) each row's latent vector, from the latent mode of the arm that speaks for it."""
+    distinct = row_latent.unique().tolist()
+    vector = arms[distinct[0]].latent(view, table)
+    for k in distinct[1:]:
+        vector = torch.where((row_latent == k)[:, None], arms[k].latent(view, table), vector)
+    return vector
+
+
+def _select_forward(out: Forward, parent: torch.Tensor) -> Forward:
+    return Forward(out.logits[parent], out.hidden[parent], out.loops[parent] if out.loops is not None else None)
+
+
+def _select_view(view: StepView, parent: torch.Tensor, rows: _Rows, generators) -> StepView:
+    """The view of the rows after a fork (counters from the reindexed rows, the copied generators)."""
+    return dataclasses.replace(
+        view,
+        logits=view.logits[parent],
+        entropy=view.entropy[parent],
+        hidden=view.hidden[parent],
+        n_latent=rows.n_latent,
+        latent_run=rows.latent_run,
+        active=rows.active,
+        sampled=view.sampled[parent] if view.sampled is not None else None,
+        generators=generators,
+    )
+
+
 class Engine:
     """Decodes batches of prompts with a model and its tokenizer (left padding)."""
 
@@ -206,7 +291,6 @@ class Engine:
             ids.append(token_id)
         return ids[0], ids[1]
 
-    @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[str],
@@ -218,15 +302,34 @@ class Engine:
     ) -> list[Trace]:
         """One Trace per prompt. ``seed``: one run seed (rows get derived seeds) or one seed per row.
         ``measure``: names of step observers adding per-step arrays (see latentcot.measure)."""
+        seeds = [row_seed(seed, i) for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        result = self.decode_tree(prompts, [Arm(gate, latent)], cfg, seeds, measure)
+        return [result.traces[(i, 0)] for i in range(len(prompts))]
+
+    @torch.inference_mode()
+    def decode_tree(
+        self,
+        prompts: Sequence[str],
+        arms: Sequence[Arm],
+        cfg: DecodeConfig,
+        seeds: Sequence[int],
+        measure: Sequence[str] = (),
+        max_rows: int | None = None,
+    ) -> TreeResult:
+        """Decode every prompt under every arm (gate + latent mode), sharing each prompt's rows among the
+        arms while they agree (latentcot.tree); one seed per prompt. The trace of (prompt i, arm k) is the
+        trace ``generate`` gives for that prompt under that arm alone. Arms spilled for lack of room
+        (``max_rows`` live rows) are listed in the result, to be decoded again."""
         self.check_loop(cfg)
         batch = len(prompts)
-        seeds = [row_seed(seed, i) for i in range(batch)] if isinstance(seed, int) else list(seed)
         generators = make_generators(seeds, self.device)  # sampling, and any gate or latent mode that draws
         markers = self._marker_ids(cfg)
         # COCONUT-style gates get the markers inserted as steps of their own; a gate that blends them into
         # its inputs (SwiReasoning) asks for the mix through its state's ``marker_weight`` (B, 2) instead.
-        inserted = None if getattr(gate, "blends_markers", False) else markers
+        inserted = [None if getattr(arm.gate, "blends_markers", False) else markers for arm in arms]
         marker_rows = self.table.rows(torch.tensor(markers, device=self.device)) if markers else None  # (2, D)
+        latent_ids = torch.tensor(_latent_ids(arms), device=self.device)  # (K,) arms with one latent mode share
+        emits = torch.tensor([getattr(arm.latent, "emits_tokens", False) for arm in arms], device=self.device)
         observers = make_observers(measure, self.table, self.model.get_output_embeddings())
 
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
@@ -239,14 +342,15 @@ class Engine:
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # (B, T), as HF does
         next_position = positions[:, -1:] + 1  # (B, 1)
 
-        gate_state = gate.start(batch, self.device)  # per-row memory of a stateful rule (None for most)
-        emits = getattr(latent, "emits_tokens", False)  # the method also emits its sampled token on latent steps
-        rows, steps = _Rows.start(batch, self.device), _Steps(emits=emits)
+        tree = Tree.start(batch, len(arms), self.device)
+        states = [arm.gate.start(batch, self.device) for arm in arms]  # per-row memory of stateful rules
+        rows, steps = _Rows.start(batch, self.device), _Steps(emits=bool(emits.any()))
         recent_tokens: list[list[int]] = [[] for _ in range(batch)]  # only kept for stop strings
         cache = preallocated_cache(self.model.config, capacity=width + cfg.max_new_tokens)
         for observer in observers:
             observer.start(cache)
         options = {"looping": cfg.loop} if cfg.loop is not None else {}  # looped models only (check_loop)
+        forward_rows = batch
         with _CachedForward(self.model, cache, options) as forward:
             out = forward(prompt_mask, positions, input_ids=ids)
             for t in range(cfg.max_new_tokens):
@@ -254,16 +358,39 @@ class Engine:
                 argmax = out.logits.argmax(-1)  # (B,)
                 sampled = argmax if cfg.greedy else choose_tokens(out.logits, cfg, generators)
                 view = rows.view(t, out.logits, entropy, out.hidden, sampled, generators, markers, cfg.max_new_tokens)
-                is_latent, is_marker, fed = rows.decide(gate(view, gate_state), sampled, inserted)
-                latent_vector = functools.cache(functools.partial(latent, view, self.table))  # () -> (B, D), once
-                step = DecodedStep(view, is_latent, is_marker, fed, latent_vector, is_latent & emits)
+                live = tree.carried.any(1).tolist()  # arms some row still carries
+                choice = _Choice(*map(torch.stack, zip(*(
+                    rows.decide(arm.gate(view, states[k]), sampled, inserted[k]) if live[k] else _idle(sampled)
+                    for k, arm in enumerate(arms)
+                ))))  # fmt: skip  # each (K, B)
+                blends = torch.stack([_blend(state, sampled) for state in states])  # (K, B, 2)
+                keys = torch.cat([_input_code(choice, latent_ids)[..., None], blends], -1)  # (K, B, 3)
+                parent = tree.split(keys, rows.active, max_rows) if len(arms) > 1 else None
+                if parent is not None:  # some rows forked: every per-row thing follows its parent
+                    cache.batch_select_indices(parent)
+                    for thing in (rows, steps, *observers):
+                        thing.reindex(parent)
+                    states = [select_state(state, parent) for state in states]
+                    generators = copy_generators(generators, parent.tolist())
+                    recent_tokens = [list(recent_tokens[i]) for i in parent.tolist()]
+                    mask, next_position, out = mask[parent], next_position[parent], _select_forward(out, parent)
+                    probs, choice, blends = probs[parent], _Choice(*(f[:, parent] for f in choice)), blends[:, parent]
+                    view = _select_view(view, parent, rows, generators)
+                lead = tree.lead  # (B,) the arm that speaks for each row
+                is_latent, is_marker, fed, rows.after_begin, rows.after_end = (
+                    f.gather(0, lead[None])[0] for f in choice
+                )
+                latent_vector = functools.cache(
+                    functools.partial(_latent_inputs, arms, latent_ids[lead], view, self.table)
+                )
+                step = DecodedStep(view, is_latent, is_marker, fed, latent_vector, is_latent & emits[lead])
                 x = self.embed(fed)  # (B, D)
                 if bool(is_latent.any()):
                     x = torch.where(is_latent[:, None], latent_vector(), x)
-                blend = getattr(gate_state, "marker_weight", None)  # (B, 2) or None
-                if marker_rows is not None and blend is not None:
+                if marker_rows is not None:
+                    blend = blends.gather(0, lead[None, :, None].expand(1, -1, 2))[0]  # (B, 2)
                     x = (1 - blend.sum(-1, keepdim=True)).to(x.dtype) * x + blend.to(x.dtype) @ marker_rows
-                steps.record(step, probs, argmax, rows.active, out.loops)
+                steps.record(step, probs, view.logits.argmax(-1), rows.active, out.loops)
 
                 rows.advance(is_latent)
                 if not cfg.ignore_eos:
@@ -278,13 +405,21 @@ class Engine:
                     observer.step(step, probe)
                 if last:
                     break
+                forward_rows += int(rows.active.sum())
                 out = forward(step_mask, next_position, inputs_embeds=x[:, None])
                 next_position = next_position + 1
         per_row = steps.per_row()
         is_latent_rows = [[m == MODES.index(LATENT) for m in row] for row in per_row["mode"]]
         for observer in observers:
             per_row.update(observer.finish(is_latent_rows, lambda i: self.tokenizer.decode([i])))
-        return self._traces(prompts, per_row, rows.finish.tolist())
+        traces = self._traces([prompts[i] for i in tree.prompt.tolist()], per_row, rows.finish.tolist())
+        by_arm = {
+            (prompt, k): trace
+            for trace, prompt, carried in zip(traces, tree.prompt.tolist(), tree.carried.T.tolist())
+            for k, on in enumerate(carried)
+            if on
+        }
+        return TreeResult(by_arm, tree.spilled, forward_rows, len(traces))
 
     def _stop_hits(
         self,

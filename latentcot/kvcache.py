@@ -63,6 +63,13 @@ class PreallocatedLayer(DynamicLayer):
         if self.is_initialized:
             self._expose()
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep (or repeat) the batch rows ``indices``: the decode tree forks rows this way."""
+        if self.is_initialized:
+            self._key_buffer = self._key_buffer[indices]
+            self._value_buffer = self._value_buffer[indices]
+            self._expose()
+
     def reset(self) -> None:
         self.length = 0
         super().reset()

@@ -1,7 +1,8 @@
 """Per-step measurements of information loss, as observers of the decode loop (``--measure NAME``).
 
 The loop calls every observer at fixed points — ``start`` once with the KV cache, ``step`` after
-each step's inputs are chosen, ``finish`` once — and never branches on what is measured. An
+each step's inputs are chosen, ``reindex`` when rows fork (prefix-shared decoding), ``finish`` once —
+and never branches on what is measured. An
 observer may run probe forwards on the cache (the loop rolls them back) but never changes what is
 decoded: the same tokens, modes and entropies with and without it (tested).
 
@@ -36,6 +37,8 @@ class StepObserver(Protocol):
     def start(self, cache) -> None: ...
 
     def step(self, step: DecodedStep, probe: Probe | None) -> None: ...  # probe: None at the last step
+
+    def reindex(self, parent: torch.Tensor) -> None: ...  # rows forked: row i continues row parent[i]
 
     def finish(self, is_latent: list[list[bool]], decode: Callable[[int], str]) -> dict[str, list[list]]: ...
 
@@ -76,6 +79,12 @@ class Counterfactual:
         vector = step.latent_vector()  # (B, D)
         self.latent_geometry(vector, step.is_latent)
         self.pending = (probe(vector), step.is_token) if probe is not None else None
+
+    def reindex(self, parent: torch.Tensor) -> None:
+        for name in ("kl", "cos", "norm", "lens"):
+            setattr(self, name, [values[parent] for values in getattr(self, name)])
+        if self.pending is not None:
+            self.pending = (self.pending[0][parent], self.pending[1][parent])
 
     def latent_geometry(self, vector: torch.Tensor, is_latent: torch.Tensor) -> None:
         """Record, for the rows that fed ``vector`` (B, D) this step, its place among token embeddings."""
