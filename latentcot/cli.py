@@ -40,8 +40,8 @@ Examples:
 """
 
 
-def _execute(common: CommonOptions, settings) -> None:
-    """The wiring shared by run and sweep: configs -> plan -> experiment."""
+def _execute(common: CommonOptions, settings, **sharing) -> None:
+    """The wiring shared by run and sweep: configs -> plan -> experiment (``sharing``: share=, max_rows=)."""
     from transformers.utils import logging as hf_logging
 
     from latentcot import experiment
@@ -77,7 +77,7 @@ def _execute(common: CommonOptions, settings) -> None:
             common.enforce_eager,
         ),
     )
-    experiment.execute(plan, common.out, resume=common.resume, argv=sys.argv)
+    experiment.execute(plan, common.out, resume=common.resume, argv=sys.argv, **sharing)
 
 
 def _decode_config(common: CommonOptions):
@@ -185,6 +185,15 @@ def sweep(
     method: list[str] = typer.Option(
         [], "--method", help="A named method NAME[:key=value,...], repeatable; --thresholds sweeps its threshold."
     ),
+    no_share: bool = typer.Option(
+        False, "--no-share", help="Decode every setting on its own instead of as prefix-shared trees (same records)."
+    ),
+    max_rows: int | None = typer.Option(
+        None,
+        "--max-rows",
+        min=1,
+        help="Live rows of a prefix-shared tree (default 4 x --batch-size); forks past it are decoded again later.",
+    ),
 ) -> None:
     """Methods, thresholds × latent modes × tasks in one run directory, plus the token-only baseline (and the
     latent-only one of the entropy grid)."""
@@ -214,7 +223,7 @@ def sweep(
             max_latent=max_latent,
         )
         settings = unique_settings((*grid, *settings))
-    _execute(common, settings)
+    _execute(common, settings, share=not no_share, max_rows=max_rows)
 
 
 @app.command(

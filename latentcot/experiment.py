@@ -29,6 +29,7 @@ from latentcot.methods import THOUGHT_MARKERS, MethodChoice, method_params
 from latentcot.sampling import row_seed
 from latentcot.store import RunStore, read_samples
 from latentcot.tasks.base import SPLITS
+from latentcot.tree import Arm
 from latentcot.types import Example, SampleRecord, Trace
 
 
@@ -117,16 +118,40 @@ class Progress:
         self._bar.close()
 
 
-def _by_domain(setting: Setting, task, examples: Sequence[Example]) -> list[tuple[Setting, list[Example]]]:
-    """A per-domain threshold map decodes each domain with its own τ; any other setting is one group."""
-    if setting.gate.threshold_map is None:
-        return [(setting, list(examples))]
-    groups: dict[str, list[Example]] = {}
-    for example in examples:
-        groups.setdefault(example.domain or task.domain, []).append(example)
-    return [
-        (dataclasses.replace(setting, gate=setting.gate.for_domain(domain)), group) for domain, group in groups.items()
-    ]
+@dataclass
+class DecodeCost:
+    """What decoding cost, in rows computed by forwards (prefill counts one row per prompt)."""
+
+    forward_rows: int = 0  # computed
+    separate_rows: int = 0  # what decoding every (example, setting) on its own computes: its n_steps
+    trajectories: int = 0  # distinct trajectories decoded
+    records: int = 0
+
+    def add(self, forward_rows: int, traces: Sequence[Trace], trajectories: int) -> None:
+        self.forward_rows += forward_rows
+        self.separate_rows += sum(t.n_steps for t in traces)
+        self.trajectories += trajectories
+        self.records += len(traces)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ratio": round(self.forward_rows / max(self.separate_rows, 1), 4)}
+
+    def line(self) -> str:
+        return (
+            f"decode cost: {self.forward_rows} forward rows for {self.records} records ({self.trajectories} distinct "
+            f"trajectories); decoding each setting on its own: {self.separate_rows} ({self.as_dict()['ratio']:.2f}x)"
+        )
+
+
+def _with_task_stops(setting: Setting, task) -> Setting:
+    """The task's template says where an answer ends (e.g. before a next "Question:")."""
+    stop = tuple(dict.fromkeys(setting.decode.stop + task.stop))
+    return dataclasses.replace(setting, decode=dataclasses.replace(setting.decode, stop=stop))
+
+
+def _shareable(setting: Setting) -> bool:
+    """A latent mode that reads other rows of its batch (``shuffled``) decodes differently in a tree."""
+    return setting.latent.kind != "shuffled"
 
 
 def run_examples(
@@ -141,38 +166,76 @@ def run_examples(
     seed: int,
     measure: Sequence[str] = (),
     progress: Progress | None = None,
+    share: bool = True,
+    max_rows: int | None = None,
+    cost: DecodeCost | None = None,
 ) -> int:
     """Decode every (example, setting) whose key is not in ``done`` (``store.done_keys()``, read once
     per run); returns how many records were added.
 
     Rows are seeded by (seed, example id), so a record does not depend on batch size, on which
-    examples share its batch, or on whether the run was resumed.
+    examples share its batch, on whether the run was resumed, or on whether settings shared prefixes:
+    with ``share`` (and an engine that decodes trees), the settings that decode with the same options
+    are decoded as one tree per batch of examples (latentcot.tree), at most ``max_rows`` live rows.
     """
+    cost = cost if cost is not None else DecodeCost()
+    settings = [_with_task_stops(s, task) for s in settings]
+    tree_capable = share and hasattr(engine, "decode_tree")
+    families: dict[Any, list[Setting]] = {}
+    for s in settings:  # one tree per decoding options; an unshareable setting is a family of its own
+        families.setdefault(s.decode if tree_capable and _shareable(s) else s.id, []).append(s)
     added = 0
-    for setting in settings:
-        latent = make_latent(setting.latent)
-        # the task's template says where an answer ends (e.g. before a next "Question:")
-        decode = dataclasses.replace(setting.decode, stop=tuple(dict.fromkeys(setting.decode.stop + task.stop)))
-        todo = [e for e in examples if (task.spec, setting.id, e.id) not in done]
-        for resolved, group in _by_domain(setting, task, todo):
-            gate = make_gate(resolved.gate)
-            for start in range(0, len(group), batch_size):
-                batch = group[start : start + batch_size]
-                traces = engine.generate(
-                    [task.prompt(e) for e in batch],
-                    gate,
-                    latent,
-                    decode,
-                    seed=[row_seed(seed, e.id) for e in batch],
-                    measure=measure,
-                )
-                for example, trace in zip(batch, traces):
-                    store.append(make_record(task, example, resolved, trace).to_dict())
-                added += len(batch)
-                if progress:
-                    progress.batch(len(batch), sum(t.n_steps for t in traces))
-        if todo and progress:
-            progress.setting_done()
+    for family in families.values():
+        domains = _domain_groups(task, examples) if any(s.gate.threshold_map for s in family) else [examples]
+        for group in domains:
+            resolved = [dataclasses.replace(s, gate=s.gate.for_domain(group[0].domain or task.domain)) for s in family]
+            added += _decode_family(engine, task, group, resolved, family, store, done, batch_size, seed, measure,
+                                    progress, max_rows, cost)  # fmt: skip
+    if progress:
+        for s in settings:
+            if any((task.spec, s.id, e.id) not in done for e in examples):
+                progress.setting_done()
+    return added
+
+
+def _domain_groups(task, examples: Sequence[Example]) -> list[list[Example]]:
+    groups: dict[str, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(example.domain or task.domain, []).append(example)
+    return list(groups.values())
+
+
+def _decode_family(
+    engine, task, examples, resolved, family, store, done, batch_size, seed, measure, progress, max_rows, cost
+) -> int:
+    """Decode one family of settings (same decoding options) on examples of one domain, as trees when the
+    family has several settings; arms spilled by a full tree come back through the queue."""
+    arms = [Arm(make_gate(s.gate), make_latent(s.latent), s.latent) for s in resolved]
+    queue = [(e, tuple(k for k, s in enumerate(family) if (task.spec, s.id, e.id) not in done)) for e in examples]
+    queue = [(e, ks) for e, ks in queue if ks]
+    added = 0
+    while queue:
+        wanted = queue[0][1]
+        batch = [item for item in queue if item[1] == wanted][:batch_size]
+        queue = [item for item in queue if not any(item is b for b in batch)]
+        batch_examples = [e for e, _ in batch]
+        prompts, seeds = [task.prompt(e) for e in batch_examples], [row_seed(seed, e.id) for e in batch_examples]
+        decode = resolved[wanted[0]].decode
+        if len(wanted) == 1:
+            traces = engine.generate(prompts, arms[wanted[0]].gate, arms[wanted[0]].latent, decode, seeds, measure)
+            by_pair = {(i, 0): trace for i, trace in enumerate(traces)}
+            forward_rows, trajectories, spilled = sum(t.n_steps for t in traces), len(traces), []
+        else:
+            result = engine.decode_tree(prompts, [arms[k] for k in wanted], decode, seeds, measure, max_rows)
+            by_pair, forward_rows, trajectories = result.traces, result.forward_rows, result.trajectories
+            spilled = result.spilled
+        for (i, j), trace in sorted(by_pair.items()):
+            store.append(make_record(task, batch_examples[i], resolved[wanted[j]], trace).to_dict())
+        queue += [(batch_examples[i], tuple(wanted[j] for j in js)) for i, js in spilled]
+        cost.add(forward_rows, list(by_pair.values()), trajectories)
+        added += len(by_pair)
+        if progress:
+            progress.batch(len(by_pair), sum(t.n_steps for t in by_pair.values()))
     return added
 
 
@@ -333,9 +396,18 @@ def with_model_prompt(plan: Plan) -> Plan:
 
 
 def execute(
-    plan: Plan, out: Path | None, *, resume: bool = False, argv: Sequence[str] = (), echo: Callable[[str], None] = print
+    plan: Plan,
+    out: Path | None,
+    *,
+    resume: bool = False,
+    argv: Sequence[str] = (),
+    echo: Callable[[str], None] = print,
+    share: bool = True,
+    max_rows: int | None = None,
 ) -> Path:
-    """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory."""
+    """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory. ``share``:
+    decode settings as prefix-shared trees (records are the same either way); ``max_rows``: live rows
+    of a tree (default 4 x the batch size)."""
     plan = with_model_prompt(plan)
     tasks = load_examples(plan)
     out = out if out is not None else default_run_dir(plan)
@@ -350,6 +422,7 @@ def execute(
         groups = [(task.spec, s.id, [e.id for e in examples]) for task, examples in tasks for s in plan.settings]
         complete = sum(all((spec, sid, e) in done for e in ids) for spec, sid, ids in groups)
         progress = Progress(sum(len(ids) for *_, ids in groups), len(done), len(groups), complete)
+        cost = DecodeCost()
         try:
             for task, examples in tasks:
                 run_examples(
@@ -363,9 +436,15 @@ def execute(
                     seed=plan.seed,
                     measure=plan.measure,
                     progress=progress,
+                    share=share,
+                    max_rows=max_rows if max_rows is not None else 4 * plan.batch_size,
+                    cost=cost,
                 )
         finally:
             progress.close()
+            store.manifest = {**store.manifest, "decode_cost": {"shared": share, **cost.as_dict()}}
     echo(format_summary(summarize(read_samples(out))))
+    if cost.records:
+        echo(cost.line())
     echo(f"records: {out / 'samples.jsonl'}")
     return out
