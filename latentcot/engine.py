@@ -238,6 +238,11 @@ def _latent_inputs(arms: Sequence[Arm], row_latent: torch.Tensor, view: StepView
     return vector
 
 
+def _without_emitted(trace: Trace) -> Trace:
+    """An arm that never emits on latent steps has no ``emitted`` array (a tree with one that does keeps it)."""
+    return dataclasses.replace(trace, extra={k: v for k, v in trace.extra.items() if k != "emitted"})
+
+
 def _select_forward(out: Forward, parent: torch.Tensor) -> Forward:
     return Forward(out.logits[parent], out.hidden[parent], out.loops[parent] if out.loops is not None else None)
 
@@ -413,8 +418,9 @@ class Engine:
         for observer in observers:
             per_row.update(observer.finish(is_latent_rows, lambda i: self.tokenizer.decode([i])))
         traces = self._traces([prompts[i] for i in tree.prompt.tolist()], per_row, rows.finish.tolist())
+        emitting = emits.tolist()
         by_arm = {
-            (prompt, k): trace
+            (prompt, k): trace if emitting[k] or not steps.emits else _without_emitted(trace)
             for trace, prompt, carried in zip(traces, tree.prompt.tolist(), tree.carried.T.tolist())
             for k, on in enumerate(carried)
             if on

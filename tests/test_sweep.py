@@ -214,3 +214,42 @@ def test_threshold_parse_matches_arithmetic_progression():
         values = parse_thresholds(f"{start}:{stop}:{step}")
         assert len(values) == math.floor((stop - start) / step + 1e-9) + 1
         assert all(math.isclose(v, start + i * step) for i, v in enumerate(values))
+
+
+def _by_key(rows):
+    return {(r["task_spec"], r["setting_id"], r["example_id"]): r for r in rows}
+
+
+def _same_records(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        floats = ("entropy", "p_token", "p_max")
+        assert {k: v for k, v in x.items() if k != "steps"} == {k: v for k, v in y.items() if k != "steps"}, key
+        assert {k: v for k, v in x["steps"].items() if k not in floats} == {
+            k: v for k, v in y["steps"].items() if k not in floats
+        }, key
+        # fp32 sums differ in the last bit between batch shapes, and feeding latents back amplifies that
+        # ~10x per latent step in a random model (tests/conftest.py); float64 equality is in test_tree.py
+        for name in floats:
+            assert x["steps"][name] == pytest.approx(y["steps"][name], abs=1e-3), (key, name)
+
+
+def test_shared_and_unshared_sweeps_give_the_same_records(swept, saved_model, sweep_args, tmp_path, capsys):
+    capsys.readouterr()
+    alone = tmp_path / "alone"
+    args = ["--model", saved_model, *sweep_args, "--thresholds", "2.5:3.5:0.5"]
+    assert cli("sweep", *args, "--no-share", "--out", alone) == 0
+    _same_records(_by_key(records(swept)), _by_key(records(alone)))
+    shared_cost = json.loads((swept / "manifest.json").read_text())["decode_cost"]
+    alone_cost = json.loads((alone / "manifest.json").read_text())["decode_cost"]
+    assert shared_cost["shared"] and not alone_cost["shared"]
+    # the same work measured two ways: separate rows are the records' steps, whatever decoded them
+    steps = sum(r["n_steps"] for r in records(swept))
+    assert shared_cost["separate_rows"] == alone_cost["separate_rows"] == alone_cost["forward_rows"] == steps
+    assert shared_cost["forward_rows"] < steps and shared_cost["trajectories"] < shared_cost["records"] == 30
+    assert "decode cost:" in capsys.readouterr().out
+    # a tree with room for no fork at all spills every disagreeing arm and still writes the same records
+    tight = tmp_path / "tight"
+    assert cli("sweep", *args, "--max-rows", "1", "--out", tight) == 0
+    _same_records(_by_key(records(swept)), _by_key(records(tight)))

@@ -171,3 +171,12 @@ def test_single_arm_rows_have_inf_and_minus_inf_ends():
     """Token-only and latent-only are the τ = +inf and τ = -inf ends of one threshold family."""
     history = drive_tree([[0.0], [5.0]], [math.inf])
     assert history[-1][0] == [(0, 1), (2,)]
+
+
+def test_emitted_steps_only_in_the_records_of_methods_that_emit(models64, tokenizer):
+    from latentcot.latent import Emitting, MixtureOfInputs
+
+    engine = Engine(models64["llama"], tokenizer)
+    arms = [Arm(TokenGate(), SoftLatent()), Arm(LatentGate(), Emitting(MixtureOfInputs(4)))]
+    tree, _ = assert_tree_equals_alone(engine, arms, DecodeConfig(max_new_tokens=8))
+    assert all(("emitted" in trace.extra) == (k == 1) for (_, k), trace in tree.traces.items())
