@@ -1,85 +1,142 @@
-"""A K-threshold sweep in one process vs one `latentcot run` per setting, timed in the same script.
+"""Prefix-shared vs separate decoding of one threshold sweep, in one process, on the same examples.
 
-    python benchmarks/sweep.py [--thresholds 8] [--limit 32] [--hidden 256] [--layers 4] [--new-tokens 32]
+    python benchmarks/sweep.py [--thresholds 8] [--limit 32] [--new-tokens 48] [--repeats 2]
 
-Both sides are real CLI invocations (subprocesses) on the same saved random-init model and the
-same settings: the sweep's K entropy-gated settings plus its token and latent baselines, i.e.
-K + 2 separate runs. The sweep loads Python, torch and the model once and checks the tasks once;
-the separate runs pay that per setting. Prints wall times and the ratio separate / sweep.
+For each case, the K entropy thresholds plus the token and latent baselines (K + 2 settings) are
+decoded twice through ``experiment.run_examples`` — the code ``latentcot sweep`` runs — once as
+prefix-shared trees and once with ``--no-share`` (every setting on its own), alternating the order
+over repeats. Cases:
+
+  (a) the built-in CoT models on their own tasks, thresholds 0.1 .. 1.5 nats (a typical user sweep);
+  (b) a random-init model whose step entropies spread over the thresholds (thresholds at the
+      quantiles of its own token-mode entropies), i.e. a tree that forks a lot.
+
+Printed per case: distinct trajectories per example; forward rows shared / separate; forward rows /
+trie nodes (the rows no decoder can avoid: distinct (example, input prefix) pairs, counted from the
+records); wall time shared / separate (best of the repeats); and whether the records agree.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from latentcot.zoo.tiny import char_tokenizer, tiny_model
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig  # noqa: E402
+from latentcot.engine import Engine  # noqa: E402
+from latentcot.experiment import DecodeCost, Setting, run_examples  # noqa: E402
+from latentcot.gates import TokenGate  # noqa: E402
+from latentcot.latent import SoftLatent  # noqa: E402
+from latentcot.model import load_model  # noqa: E402
+from latentcot.tasks import load_task  # noqa: E402
+from latentcot.zoo.registry import resolve  # noqa: E402
+from latentcot.zoo.tiny import char_tokenizer, tiny_model  # noqa: E402
+
+torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
-def latentcot(*args: str) -> float:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+class Sink:
+    """Stands in for the run store: keeps the records in memory."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+
+
+def settings_for(taus: list[float], new_tokens: int) -> list[Setting]:
+    decode = DecodeConfig(max_new_tokens=new_tokens)
+    soft = LatentConfig("soft")
+    gates = [GateConfig("token"), GateConfig("latent"), *(GateConfig("entropy", threshold=t) for t in taus)]
+    return [Setting(g, soft if g.kind != "token" else LatentConfig(), decode) for g in gates]
+
+
+def trie_nodes(records: list[dict]) -> int:
+    """Distinct (example, prefix of inputs) pairs: one forward row each, for any decoder."""
+    nodes = set()
+    for r in records:
+        prefix: tuple = (r["task_spec"], r["example_id"])
+        for mode, token in zip(r["steps"]["mode"], r["steps"]["token_id"]):
+            nodes.add(prefix)  # the forward that computed this step's distribution
+            prefix = (*prefix, (mode, token if mode != "latent" else r["setting"]["latent"]))
+    return len(nodes)
+
+
+def decode(engine, task, examples, settings, share: bool, batch_size: int):
+    sink, cost = Sink(), DecodeCost()
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "latentcot", *args],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    run_examples(engine, task, examples, settings, sink, set(), batch_size=batch_size, seed=0, share=share,
+                 max_rows=4 * batch_size, cost=cost)  # fmt: skip
+    return time.perf_counter() - started, cost, sink.records
+
+
+def same_records(a: list[dict], b: list[dict]) -> bool:
+    key = lambda r: (r["setting_id"], r["example_id"])  # noqa: E731
+    strip = lambda r: (r["completion"], r["steps"]["mode"], r["steps"]["token_id"])  # noqa: E731
+    return {key(r): strip(r) for r in a} == {key(r): strip(r) for r in b}
+
+
+def case(name, engine, task, examples, taus, args) -> None:
+    settings = settings_for(taus, args.new_tokens)
+    times = {True: [], False: []}
+    for repeat in range(args.repeats):
+        for share in (True, False) if repeat % 2 == 0 else (False, True):
+            seconds, cost, records = decode(engine, task, examples, settings, share, args.batch_size)
+            times[share].append(seconds)
+            if share:
+                shared_cost, shared_records = cost, records
+            else:
+                separate_cost, separate_records = cost, records
+    nodes = trie_nodes(shared_records)
+    wall = min(times[True]) / min(times[False])
+    print(
+        f"{name:<34} {len(settings):>3} settings x {len(examples):>3} ex | "
+        f"trajectories/ex {shared_cost.trajectories / len(examples):5.2f} | "
+        f"forward rows shared/separate {shared_cost.forward_rows / separate_cost.forward_rows:5.2f}x | "
+        f"rows/trie nodes {shared_cost.forward_rows / nodes:5.2f} | "
+        f"wall shared/separate {wall:5.2f}x ({min(times[True]):.1f} s vs {min(times[False]):.1f} s) | "
+        f"records agree: {same_records(shared_records, separate_records)}"
     )
-    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--thresholds", type=int, default=8, help="K, the number of thresholds")
-    parser.add_argument("--limit", type=int, default=32, help="examples per setting")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=32, help="examples per case")
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per side (alternating order)")
     args = parser.parse_args()
+    k = args.thresholds
+    print(f"K = {k} thresholds + token + latent; torch threads {torch.get_num_threads()}")
 
-    taus = [round(2.0 + 0.25 * i, 4) for i in range(args.thresholds)]
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "model"
-        tokenizer = char_tokenizer()
-        tiny_model(
-            "llama", tokenizer, seed=0, hidden=args.hidden, layers=args.layers, heads=4, positions=1024, init_std=0.2
-        ).save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-        common = [
-            "--model",
-            str(model_dir),
-            "--task",
-            "addition:n=2,digits=1",
-            "--limit",
-            str(args.limit),
-            "--max-new-tokens",
-            str(args.new_tokens),
-            "--batch-size",
-            "16",
-        ]
+    for model_name in ("addition-4x2r-cot", "prosqa-2hop-cot"):
+        directory = resolve(model_name)
+        loaded = load_model(ModelConfig(str(directory)))
+        engine = Engine(loaded.model, loaded.tokenizer)
+        card_task = json.loads((directory / "card.json").read_text())["task"]
+        task = load_task(card_task, str(directory / "prompt.json"))
+        examples = task.examples("test", args.limit, 0)
+        taus = [round(0.1 + (1.4 * i) / max(k - 1, 1), 4) for i in range(k)]
+        case(f"(a) builtin:{model_name}", engine, task, examples, taus, args)
 
-        sweep = latentcot(
-            "sweep", *common, "--latent", "soft", "--thresholds", ",".join(map(str, taus)), "--out", f"{tmp}/sweep"
-        )
-        settings = [["--gate", "token"], ["--gate", "latent", "--latent", "soft"]]
-        settings += [["--gate", "entropy", "--threshold", str(t), "--latent", "soft"] for t in taus]
-        separate = sum(latentcot("run", *common, *s, "--out", f"{tmp}/run{i}") for i, s in enumerate(settings))
-
-        n_records = len(settings) * args.limit
-        same = (Path(tmp) / "sweep" / "samples.jsonl").read_text().count("\n") == n_records
-    print(
-        f"{len(settings)} settings (K={args.thresholds} thresholds + token + latent) x {args.limit} examples, "
-        f"llama d={args.hidden} L={args.layers}, {args.new_tokens} new positions"
+    tokenizer = char_tokenizer()
+    model = tiny_model("llama", tokenizer, seed=0, hidden=128, layers=4, heads=4, positions=1024, init_std=0.2)
+    engine = Engine(model.eval(), tokenizer)
+    task = load_task("addition:n=2,digits=1")
+    examples = task.examples("test", args.limit, 0)
+    probe = engine.generate(
+        [task.prompt(e) for e in examples], TokenGate(), SoftLatent(), DecodeConfig(args.new_tokens)
     )
-    print(f"  one sweep:                 {sweep:7.1f} s")
-    print(f"  {len(settings)} separate runs:          {separate:7.1f} s")
-    print(f"  separate / sweep:          {separate / sweep:7.2f}x   (records complete: {same})")
+    h = torch.tensor([x for t in probe for x in t.entropy])
+    taus = [round(float(q), 4) for q in h.quantile(torch.linspace(0.05, 0.95, k))]
+    case("(b) random llama, spread entropies", engine, task, examples, taus, args)
 
 
 if __name__ == "__main__":

@@ -211,8 +211,10 @@ def _decode_family(
     """Decode one family of settings (same decoding options) on examples of one domain, as trees when the
     family has several settings; arms spilled by a full tree come back through the queue."""
     arms = [Arm(make_gate(s.gate), make_latent(s.latent), s.latent) for s in resolved]
-    queue = [(e, tuple(k for k, s in enumerate(family) if (task.spec, s.id, e.id) not in done)) for e in examples]
-    queue = [(e, ks) for e, ks in queue if ks]
+    # An example with any record missing is decoded with the whole family, as in an uninterrupted run (the
+    # same tree, so the same floats to the last bit); records already written are not written again.
+    everything = tuple(range(len(family)))
+    queue = [(e, everything) for e in examples if any((task.spec, s.id, e.id) not in done for s in family)]
     added = 0
     while queue:
         wanted = queue[0][1]
@@ -229,13 +231,18 @@ def _decode_family(
             result = engine.decode_tree(prompts, [arms[k] for k in wanted], decode, seeds, measure, max_rows)
             by_pair, forward_rows, trajectories = result.traces, result.forward_rows, result.trajectories
             spilled = result.spilled
-        for (i, j), trace in sorted(by_pair.items()):
+        fresh = {
+            (i, j): trace
+            for (i, j), trace in sorted(by_pair.items())
+            if (task.spec, family[wanted[j]].id, batch_examples[i].id) not in done
+        }
+        for (i, j), trace in fresh.items():
             store.append(make_record(task, batch_examples[i], resolved[wanted[j]], trace).to_dict())
         queue += [(batch_examples[i], tuple(wanted[j] for j in js)) for i, js in spilled]
         cost.add(forward_rows, list(by_pair.values()), trajectories)
-        added += len(by_pair)
+        added += len(fresh)
         if progress:
-            progress.batch(len(by_pair), sum(t.n_steps for t in by_pair.values()))
+            progress.batch(len(fresh), sum(t.n_steps for t in by_pair.values()))
     return added
 
 

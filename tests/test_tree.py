@@ -9,8 +9,15 @@ import torch
 
 from latentcot.config import DecodeConfig
 from latentcot.engine import Engine, _Choice, _input_code
-from latentcot.gates import ColdStopGate, EntropyGate, FixedGate, LatentGate, SwiReasoningGate, ThinkRouterGate
-from latentcot.gates import TokenGate
+from latentcot.gates import (
+    ColdStopGate,
+    EntropyGate,
+    FixedGate,
+    LatentGate,
+    SwiReasoningGate,
+    ThinkRouterGate,
+    TokenGate,
+)
 from latentcot.latent import HiddenLatent, MultiplexLatent, RandomizedSoftLatent, SoftLatent, TopKSoftLatent
 from latentcot.tree import Arm, Tree, copy_generators
 
