@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -31,119 +30,10 @@ from latentcot.gates import Gate
 from latentcot.kvcache import preallocated_cache
 from latentcot.latent import LatentMode
 from latentcot.measure import make_observers
+from latentcot.rows import CORE_FIELDS, FINISH, MODES, LiveRows, Retired, RowCounters, StepLog, select_view
 from latentcot.sampling import choose_tokens, distribution_stats, make_generators, row_seed
-from latentcot.tree import Arm, Tree, copy_generators, select_state
-from latentcot.types import LATENT, MARKER, TOKEN, DecodedStep, EmbeddingTable, StepView, Trace
-
-MODES = (TOKEN, LATENT, MARKER)  # codes 0, 1, 2 in the per-step mode tensor
-CORE_FIELDS = ("mode", "token_id", "entropy", "p_token", "p_max")
-FINISH = ("length", "eos", "stop")
-
-
-@dataclass
-class _Steps:
-    """Per-step tensors for the whole batch, kept on the device until the loop ends."""
-
-    latent: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool
-    marker: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool
-    token_id: list[torch.Tensor] = field(default_factory=list)  # each (B,) long
-    entropy: list[torch.Tensor] = field(default_factory=list)  # each (B,) fp32
-    p_token: list[torch.Tensor] = field(default_factory=list)  # each (B,) fp32
-    p_max: list[torch.Tensor] = field(default_factory=list)  # each (B,) fp32
-    active: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool: row generating at this step
-    loops: list[torch.Tensor] = field(default_factory=list)  # each (B,) long: looped models' iterations
-    emitted: list[torch.Tensor] = field(default_factory=list)  # each (B,) bool: a latent step that emitted a token
-    emits: bool = False  # keep ``emitted``: only methods that emit tokens on latent steps have it in records
-
-    def record(self, step: DecodedStep, probs, argmax, active, loops) -> None:
-        """One step: probs (B, V), argmax (B,), active (B,), loops (B,) or None."""
-        # argmax stands for a latent step's token, unless the method emitted its sampled token there
-        token_id = torch.where(step.is_latent & ~step.emitted, argmax, step.text_token)
-        self.latent.append(step.is_latent)
-        self.marker.append(step.is_marker)
-        self.token_id.append(token_id)
-        self.entropy.append(step.view.entropy)
-        self.p_token.append(probs.gather(-1, token_id[:, None])[:, 0])
-        self.p_max.append(probs.gather(-1, argmax[:, None])[:, 0])
-        self.active.append(active)
-        if loops is not None:  # the depth that computed this step's distribution (looped models)
-            self.loops.append(loops)
-        if self.emits:
-            self.emitted.append(step.emitted)
-
-    def reindex(self, parent: torch.Tensor) -> None:
-        """The history of the rows after a fork: row i's past is that of row parent[i]."""
-        for name in ("latent", "marker", "token_id", "entropy", "p_token", "p_max", "active", "loops", "emitted"):
-            setattr(self, name, [values[parent] for values in getattr(self, name)])
-
-    def per_row(self) -> dict[str, list[list]]:
-        """(T, B) per field -> per row python lists, one device sync for everything."""
-        mode = torch.stack(self.latent, dim=1).long() + 2 * torch.stack(self.marker, dim=1).long()  # MODES index
-        names = ("token_id", "entropy", "p_token", "p_max", "active") + (("loops",) if self.loops else ())
-        names += ("emitted",) if self.emits else ()
-        return {
-            "mode": mode.cpu().tolist(),
-            **{name: torch.stack(getattr(self, name), dim=1).cpu().tolist() for name in names},
-        }
-
-
-class _Choice(NamedTuple):
-    """One arm's decision for every row (B,), or every arm's (K, B) once stacked."""
-
-    is_latent: torch.Tensor  # bool
-    is_marker: torch.Tensor  # bool
-    fed: torch.Tensor  # long, the token fed on a token or marker step
-    after_begin: torch.Tensor  # bool, this step feeds the begin marker
-    after_end: torch.Tensor  # bool, this step feeds the end marker
-
-
-@dataclass
-class _Rows:
-    """Per-row decoding state of one ``generate`` call; every tensor is (B,)."""
-
-    n_latent: torch.Tensor  # long, latent steps taken
-    latent_run: torch.Tensor  # long, current run of consecutive latent steps
-    active: torch.Tensor  # bool, still generating
-    finish: torch.Tensor  # long, index into FINISH
-    after_begin: torch.Tensor  # bool, the last input was the begin marker
-    after_end: torch.Tensor  # bool, the last input was the end marker
-
-    @classmethod
-    def start(cls, batch: int, device) -> _Rows:
-        zeros = torch.zeros(batch, dtype=torch.long, device=device)
-        false = torch.zeros(batch, dtype=torch.bool, device=device)
-        return cls(zeros, zeros.clone(), ~false, zeros.clone(), false, false.clone())
-
-    def view(self, step: int, logits, entropy, hidden, sampled, generators, markers, max_steps) -> StepView:
-        return StepView(
-            step, logits, entropy, hidden, self.n_latent, self.latent_run, self.active, sampled, generators, markers,
-            max_steps,
-        )  # fmt: skip
-
-    def decide(self, want_latent: torch.Tensor, sampled: torch.Tensor, markers: tuple[int, int] | None) -> _Choice:
-        """What the gate's wish means for this step's input, given the markers inserted around latent segments."""
-        false = torch.zeros_like(want_latent)
-        if markers is None:
-            return _Choice(want_latent, false, sampled, false, false)
-        # A begin marker commits the next step to a latent; an end marker to a token.
-        want_latent = (want_latent | self.after_begin) & ~self.after_end
-        opening = want_latent & (self.latent_run == 0) & ~self.after_begin
-        closing = ~want_latent & (self.latent_run > 0)
-        fed = torch.where(opening, markers[0], torch.where(closing, markers[1], sampled))
-        return _Choice(want_latent & ~opening, opening | closing, fed, opening, closing)
-
-    def reindex(self, parent: torch.Tensor) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name)[parent])
-
-    def advance(self, is_latent: torch.Tensor) -> None:
-        self.n_latent = self.n_latent + is_latent
-        self.latent_run = (self.latent_run + 1) * is_latent
-
-    def end(self, rows: torch.Tensor, reason: str) -> None:
-        rows = rows & self.active
-        self.finish = torch.where(rows, FINISH.index(reason), self.finish)
-        self.active = self.active & ~rows
+from latentcot.tree import Arm, Choice, Tree, idle_choice, input_keys, latent_ids_of, latent_inputs, marker_blend
+from latentcot.types import LATENT, DecodedStep, EmbeddingTable, StepView, Trace
 
 
 class Forward(NamedTuple):
@@ -197,45 +87,8 @@ class TreeResult(NamedTuple):
     traces: dict[tuple[int, int], Trace]  # (prompt index, arm index) -> trace
     spilled: list[tuple[int, tuple[int, ...]]]  # (prompt index, arms) that found no room: decode them again
     forward_rows: int  # rows computed by forwards while active (prefill: one per prompt)
-    trajectories: int  # distinct trajectories decoded (rows of the tree at the end)
-
-
-def _latent_ids(arms: Sequence[Arm]) -> list[int]:
-    """Per arm, the index of the first arm with the same latent mode (same key, or the same object)."""
-    ids = []
-    for k, arm in enumerate(arms):
-        same = (j for j, other in enumerate(arms[:k]) if other.latent is arm.latent or (
-            arm.latent_key is not None and other.latent_key == arm.latent_key))  # fmt: skip
-        ids.append(next(same, k))
-    return ids
-
-
-def _idle(sampled: torch.Tensor) -> _Choice:
-    """The decision of an arm no row carries any more: never looked at."""
-    false = torch.zeros_like(sampled, dtype=torch.bool)
-    return _Choice(false, false, sampled, false, false)
-
-
-def _blend(state, sampled: torch.Tensor) -> torch.Tensor:
-    """(B, 2) fp32 marker blend a gate asks for (SwiReasoning's switches), zeros for other gates."""
-    weight = getattr(state, "marker_weight", None)
-    return weight.float() if weight is not None else torch.zeros(sampled.shape[0], 2, device=sampled.device)
-
-
-def _input_code(choice: _Choice, latent_ids: torch.Tensor) -> torch.Tensor:
-    """(K, B) fp32 naming the input each arm feeds: the token id, or -1 - its latent mode's id. Ids below
-    2**24 are exact in fp32."""
-    latent = -1 - latent_ids[:, None].expand_as(choice.fed)
-    return torch.where(choice.is_latent, latent, choice.fed).float()
-
-
-def _latent_inputs(arms: Sequence[Arm], row_latent: torch.Tensor, view: StepView, table: EmbeddingTable):
-    """(B, D) each row's latent vector, from the latent mode of the arm that speaks for it."""
-    distinct = row_latent.unique().tolist()
-    vector = arms[distinct[0]].latent(view, table)
-    for k in distinct[1:]:
-        vector = torch.where((row_latent == k)[:, None], arms[k].latent(view, table), vector)
-    return vector
+    trajectories: int  # distinct trajectories decoded
+    peak_rows: int  # the most rows the batch held at once (at most max_rows, or the prompts when fewer)
 
 
 def _without_emitted(trace: Trace) -> Trace:
@@ -245,21 +98,6 @@ def _without_emitted(trace: Trace) -> Trace:
 
 def _select_forward(out: Forward, parent: torch.Tensor) -> Forward:
     return Forward(out.logits[parent], out.hidden[parent], out.loops[parent] if out.loops is not None else None)
-
-
-def _select_view(view: StepView, parent: torch.Tensor, rows: _Rows, generators) -> StepView:
-    """The view of the rows after a fork (counters from the reindexed rows, the copied generators)."""
-    return dataclasses.replace(
-        view,
-        logits=view.logits[parent],
-        entropy=view.entropy[parent],
-        hidden=view.hidden[parent],
-        n_latent=rows.n_latent,
-        latent_run=rows.latent_run,
-        active=rows.active,
-        sampled=view.sampled[parent] if view.sampled is not None else None,
-        generators=generators,
-    )
 
 
 class Engine:
@@ -333,7 +171,7 @@ class Engine:
         # its inputs (SwiReasoning) asks for the mix through its state's ``marker_weight`` (B, 2) instead.
         inserted = [None if getattr(arm.gate, "blends_markers", False) else markers for arm in arms]
         marker_rows = self.table.rows(torch.tensor(markers, device=self.device)) if markers else None  # (2, D)
-        latent_ids = torch.tensor(_latent_ids(arms), device=self.device)  # (K,) arms with one latent mode share
+        latent_ids = torch.tensor(latent_ids_of(arms), device=self.device)  # (K,) arms with one latent mode share
         emits = torch.tensor([getattr(arm.latent, "emits_tokens", False) for arm in arms], device=self.device)
         observers = make_observers(measure, self.table, self.model.get_output_embeddings())
 
@@ -347,85 +185,104 @@ class Engine:
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # (B, T), as HF does
         next_position = positions[:, -1:] + 1  # (B, 1)
 
-        tree = Tree.start(batch, len(arms), self.device)
-        states = [arm.gate.start(batch, self.device) for arm in arms]  # per-row memory of stateful rules
-        rows, steps = _Rows.start(batch, self.device), _Steps(emits=bool(emits.any()))
-        recent_tokens: list[list[int]] = [[] for _ in range(batch)]  # only kept for stop strings
         cache = preallocated_cache(self.model.config, capacity=width + cfg.max_new_tokens)
         for observer in observers:
             observer.start(cache)
+        live = LiveRows(
+            cache, mask, next_position, RowCounters.start(batch, self.device), StepLog(emits=bool(emits.any())),
+            observers, [arm.gate.start(batch, self.device) for arm in arms], generators,
+            [[] for _ in range(batch)], Tree.start(batch, len(arms), self.device),
+        )  # fmt: skip
+        retired: list[Retired] = []  # finished rows that left the batch
         options = {"looping": cfg.loop} if cfg.loop is not None else {}  # looped models only (check_loop)
-        forward_rows = batch
+        forward_rows, peak_rows = batch, batch
         with _CachedForward(self.model, cache, options) as forward:
             out = forward(prompt_mask, positions, input_ids=ids)
             for t in range(cfg.max_new_tokens):
                 probs, entropy = distribution_stats(out.logits)  # (B, V), (B,)
                 argmax = out.logits.argmax(-1)  # (B,)
-                sampled = argmax if cfg.greedy else choose_tokens(out.logits, cfg, generators)
-                view = rows.view(t, out.logits, entropy, out.hidden, sampled, generators, markers, cfg.max_new_tokens)
-                live = tree.carried.any(1).tolist()  # arms some row still carries
-                choice = _Choice(*map(torch.stack, zip(*(
-                    rows.decide(arm.gate(view, states[k]), sampled, inserted[k]) if live[k] else _idle(sampled)
-                    for k, arm in enumerate(arms)
-                ))))  # fmt: skip  # each (K, B)
-                blends = torch.stack([_blend(state, sampled) for state in states])  # (K, B, 2)
-                keys = torch.cat([_input_code(choice, latent_ids)[..., None], blends], -1)  # (K, B, 3)
-                parent = tree.split(keys, rows.active, max_rows) if len(arms) > 1 else None
-                if parent is not None:  # some rows forked: every per-row thing follows its parent
-                    cache.batch_select_indices(parent)
-                    for thing in (rows, steps, *observers):
-                        thing.reindex(parent)
-                    states = [select_state(state, parent) for state in states]
-                    generators = copy_generators(generators, parent.tolist())
-                    recent_tokens = [list(recent_tokens[i]) for i in parent.tolist()]
-                    mask, next_position, out = mask[parent], next_position[parent], _select_forward(out, parent)
-                    probs, choice, blends = probs[parent], _Choice(*(f[:, parent] for f in choice)), blends[:, parent]
-                    view = _select_view(view, parent, rows, generators)
-                lead = tree.lead  # (B,) the arm that speaks for each row
+                sampled = argmax if cfg.greedy else choose_tokens(out.logits, cfg, live.generators)
+                view = live.counters.view(
+                    t, out.logits, entropy, out.hidden, sampled, live.generators, markers, cfg.max_new_tokens
+                )
+                choice = self._decide(arms, view, live, inserted)  # each (K, B): every arm's wish for every row
+                blends = torch.stack([marker_blend(state, sampled) for state in live.states])  # (K, B, 2)
+                parent = live.tree.split(input_keys(choice, latent_ids, blends), live.counters.active, max_rows)
+                if parent is not None:  # rows forked: every per-row thing follows its parent
+                    live.select(parent)
+                    out, probs, view = _select_forward(out, parent), probs[parent], select_view(view, parent, live)
+                    choice, blends = Choice(*(f[:, parent] for f in choice)), blends[:, parent]
+                    peak_rows = max(peak_rows, len(parent))
+                lead = live.tree.lead  # (B,) the arm that speaks for each row (all its arms agree)
+                rows = live.counters
                 is_latent, is_marker, fed, rows.after_begin, rows.after_end = (
                     f.gather(0, lead[None])[0] for f in choice
                 )
                 latent_vector = functools.cache(
-                    functools.partial(_latent_inputs, arms, latent_ids[lead], view, self.table)
+                    functools.partial(latent_inputs, arms, latent_ids[lead], view, self.table)
                 )
                 step = DecodedStep(view, is_latent, is_marker, fed, latent_vector, is_latent & emits[lead])
                 x = self.embed(fed)  # (B, D)
                 if bool(is_latent.any()):
                     x = torch.where(is_latent[:, None], latent_vector(), x)
-                if marker_rows is not None:
+                if marker_rows is not None:  # the marker blend a gate asks for (zero for most)
                     blend = blends.gather(0, lead[None, :, None].expand(1, -1, 2))[0]  # (B, 2)
                     x = (1 - blend.sum(-1, keepdim=True)).to(x.dtype) * x + blend.to(x.dtype) @ marker_rows
-                steps.record(step, probs, view.logits.argmax(-1), rows.active, out.loops)
+                live.log.record(step, probs, view.logits.argmax(-1), rows.active, out.loops)
 
                 rows.advance(is_latent)
                 if not cfg.ignore_eos:
                     rows.end(step.is_text & torch.isin(step.text_token, self.eos_ids), "eos")
                 if cfg.stop:
-                    hits = self._stop_hits(cfg.stop, step.text_token, step.is_text, rows.active, recent_tokens)
+                    hits = self._stop_hits(cfg.stop, step.text_token, step.is_text, rows.active, live.recent_tokens)
                     rows.end(hits, "stop")
                 last = t + 1 == cfg.max_new_tokens or not bool(rows.active.any())
-                step_mask = mask[:, : width + t + 1]
-                probe = None if last else functools.partial(forward.probe, step_mask, next_position)
-                for observer in observers:
-                    observer.step(step, probe)
+                probe = (
+                    None
+                    if last
+                    else functools.partial(forward.probe, live.mask[:, : width + t + 1], live.next_position)
+                )
+                for observer in live.observers:
+                    observer.step(step, probe, rows.active)
                 if last:
                     break
-                forward_rows += int(rows.active.sum())
-                out = forward(step_mask, next_position, inputs_embeds=x[:, None])
-                next_position = next_position + 1
-        per_row = steps.per_row()
-        is_latent_rows = [[m == MODES.index(LATENT) for m in row] for row in per_row["mode"]]
-        for observer in observers:
-            per_row.update(observer.finish(is_latent_rows, lambda i: self.tokenizer.decode([i])))
-        traces = self._traces([prompts[i] for i in tree.prompt.tolist()], per_row, rows.finish.tolist())
-        emitting = emits.tolist()
-        by_arm = {
-            (prompt, k): trace if emitting[k] or not steps.emits else _without_emitted(trace)
-            for trace, prompt, carried in zip(traces, tree.prompt.tolist(), tree.carried.T.tolist())
-            for k, on in enumerate(carried)
-            if on
-        }
-        return TreeResult(by_arm, tree.spilled, forward_rows, len(traces))
+                finished = (~rows.active).nonzero()[:, 0]
+                if len(finished) >= max(1, len(x) // 4):  # finished rows leave the batch
+                    x = x[rows.active]
+                    retired.append(live.retire(finished))
+                forward_rows += int(rows.active.sum())  # the rows a decode needs (waiting finished rows aside)
+                out = forward(live.mask[:, : width + t + 1], live.next_position, inputs_embeds=x[:, None])
+                live.next_position = live.next_position + 1
+        retired.append(live.retire(torch.arange(len(live.recent_tokens), device=self.device)))
+        return TreeResult(
+            self._collect(retired, prompts, emits.tolist()), live.tree.spilled, forward_rows,
+            sum(len(r.prompt) for r in retired), peak_rows,
+        )  # fmt: skip
+
+    def _decide(self, arms: Sequence[Arm], view: StepView, live: LiveRows, inserted) -> Choice:
+        """Every arm's decision for every row, stacked (K, B); arms no row carries any more are skipped."""
+        carried = live.tree.carried.any(1).tolist()
+        return Choice(*map(torch.stack, zip(*(
+            live.counters.decide(arm.gate(view, live.states[k]), view.sampled, inserted[k])
+            if carried[k] else idle_choice(view.sampled)
+            for k, arm in enumerate(arms)
+        ))))  # fmt: skip
+
+    def _collect(self, retired: list[Retired], prompts: Sequence[str], emitting: list[bool]) -> dict:
+        """(prompt index, arm index) -> Trace, from every group of rows that left the batch."""
+        by_arm = {}
+        for group in retired:
+            if not group.prompt:
+                continue
+            per_row = group.log.per_row()
+            is_latent_rows = [[m == MODES.index(LATENT) for m in row] for row in per_row["mode"]]
+            for observer in group.observers:
+                per_row.update(observer.finish(is_latent_rows, lambda i: self.tokenizer.decode([i])))
+            traces = self._traces([prompts[i] for i in group.prompt], per_row, group.finish)
+            for trace, prompt, carried in zip(traces, group.prompt, group.carried):
+                for k in (k for k, on in enumerate(carried) if on):
+                    by_arm[(prompt, k)] = trace if emitting[k] or not group.log.emits else _without_emitted(trace)
+        return by_arm
 
     def _stop_hits(
         self,

@@ -36,7 +36,9 @@ class StepObserver(Protocol):
 
     def start(self, cache) -> None: ...
 
-    def step(self, step: DecodedStep, probe: Probe | None) -> None: ...  # probe: None at the last step
+    # probe: None at the last step; continuing (B,) bool: rows that take another step (a row's last step
+    # has no next step to compare with)
+    def step(self, step: DecodedStep, probe: Probe | None, continuing: torch.Tensor) -> None: ...
 
     def reindex(self, parent: torch.Tensor) -> None: ...  # rows forked: row i continues row parent[i]
 
@@ -72,13 +74,13 @@ class Counterfactual:
         if hasattr(cache, "activate_past_recording"):  # sliding-window layers can then roll a probe back
             cache.activate_past_recording()
 
-    def step(self, step: DecodedStep, probe: Probe | None) -> None:
+    def step(self, step: DecodedStep, probe: Probe | None, continuing: torch.Tensor) -> None:
         if self.pending is not None:  # the view's logits are the next step's, given the token actually fed
             probe_logits, was_token = self.pending
             self.kl.append(_where(was_token, kl_divergence(probe_logits, step.view.logits)))
         vector = step.latent_vector()  # (B, D)
         self.latent_geometry(vector, step.is_latent)
-        self.pending = (probe(vector), step.is_token) if probe is not None else None
+        self.pending = (probe(vector), step.is_token & continuing) if probe is not None else None
 
     def reindex(self, parent: torch.Tensor) -> None:
         for name in ("kl", "cos", "norm", "lens"):
@@ -99,7 +101,7 @@ class Counterfactual:
 
     def finish(self, is_latent: list[list[bool]], decode: Callable[[int], str]) -> dict[str, list[list]]:
         """(T, B) -> per-row lists; NaN -> None; lens ids -> token strings, at latent steps only.
-        The last step has no next step to compare with: its KL is NaN."""
+        A row's last step has no next step to compare with: its KL is NaN."""
         self.kl.append(torch.full_like(self.cos[-1], float("nan")))
         out: dict[str, list[list]] = {}
         for name, values in (

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from latentcot.gates import Gate
 from latentcot.latent import LatentMode
+from latentcot.types import EmbeddingTable, StepView
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,16 @@ class Arm:
     gate: Gate
     latent: LatentMode
     latent_key: Hashable = None
+
+
+class Choice(NamedTuple):
+    """One arm's decision for every row (B,), or every arm's (K, B) once stacked."""
+
+    is_latent: torch.Tensor  # bool
+    is_marker: torch.Tensor  # bool
+    fed: torch.Tensor  # long, the token fed on a token or marker step
+    after_begin: torch.Tensor  # bool, this step feeds the begin marker
+    after_end: torch.Tensor  # bool, this step feeds the end marker
 
 
 @dataclass
@@ -51,6 +62,10 @@ class Tree:
     def lead(self) -> torch.Tensor:
         """(B,) long, the first arm each row carries: it speaks for the row (all its arms agree)."""
         return self.carried.long().argmax(0)
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the rows ``index`` (finished rows leave the batch)."""
+        self.carried, self.prompt = self.carried[:, index], self.prompt[index]
 
     def split(self, keys: torch.Tensor, active: torch.Tensor, max_rows: int | None) -> torch.Tensor | None:
         """Fork rows whose arms disagree. ``keys`` (K, B, C) describe the input each arm would feed (equal
@@ -91,6 +106,45 @@ class Tree:
         index = torch.tensor(parent, device=self.prompt.device)
         self.carried, self.prompt = carried.to(self.carried.device), self.prompt[index]
         return index
+
+
+def latent_ids_of(arms: Sequence[Arm]) -> list[int]:
+    """Per arm, the index of the first arm with the same latent mode (same key, or the same object)."""
+    ids = []
+    for k, arm in enumerate(arms):
+        same = (j for j, other in enumerate(arms[:k]) if other.latent is arm.latent or (
+            arm.latent_key is not None and other.latent_key == arm.latent_key))  # fmt: skip
+        ids.append(next(same, k))
+    return ids
+
+
+def idle_choice(sampled: torch.Tensor) -> Choice:
+    """The decision of an arm no row carries any more: never looked at."""
+    false = torch.zeros_like(sampled, dtype=torch.bool)
+    return Choice(false, false, sampled, false, false)
+
+
+def marker_blend(state, sampled: torch.Tensor) -> torch.Tensor:
+    """(B, 2) fp32 marker blend a gate asks for (SwiReasoning's switches), zeros for other gates."""
+    weight = getattr(state, "marker_weight", None)
+    return weight.float() if weight is not None else torch.zeros(sampled.shape[0], 2, device=sampled.device)
+
+
+def input_keys(choice: Choice, latent_ids: torch.Tensor, blends: torch.Tensor) -> torch.Tensor:
+    """(K, B, 3) fp32 naming the input each arm would feed each row: the token id, or -1 - its latent mode's
+    id (ids below 2**24 are exact in fp32), and the marker blend. Equal keys, equal inputs."""
+    latent = -1 - latent_ids[:, None].expand_as(choice.fed)
+    code = torch.where(choice.is_latent, latent, choice.fed).float()
+    return torch.cat([code[..., None], blends.float()], -1)
+
+
+def latent_inputs(arms: Sequence[Arm], row_latent: torch.Tensor, view: StepView, table: EmbeddingTable):
+    """(B, D) each row's latent vector, from the latent mode of the arm that speaks for it."""
+    distinct = row_latent.unique().tolist()
+    vector = arms[distinct[0]].latent(view, table)
+    for k in distinct[1:]:
+        vector = torch.where((row_latent == k)[:, None], arms[k].latent(view, table), vector)
+    return vector
 
 
 def copy_generators(generators: Sequence[torch.Generator], parent: Sequence[int]) -> list[torch.Generator]:

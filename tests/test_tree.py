@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latentcot.config import DecodeConfig
-from latentcot.engine import Engine, _Choice, _input_code
+from latentcot.engine import Engine
 from latentcot.gates import (
     ColdStopGate,
     EntropyGate,
@@ -19,7 +19,7 @@ from latentcot.gates import (
     TokenGate,
 )
 from latentcot.latent import HiddenLatent, MultiplexLatent, RandomizedSoftLatent, SoftLatent, TopKSoftLatent
-from latentcot.tree import Arm, Tree, copy_generators
+from latentcot.tree import Arm, Choice, Tree, copy_generators, input_keys
 
 PROMPTS = ["12+7=", "Every cat is a mammal. Is Tom a cat?", "x", "3*4="]
 SEEDS = [11, 12, 13, 14]
@@ -110,7 +110,7 @@ def test_a_full_tree_spills_arms_instead_of_growing(models64, tokenizer):
     arms = [Arm(TokenGate(), soft), Arm(LatentGate(), soft), *(Arm(EntropyGate(t), soft) for t in thresholds(engine))]
     cfg = DecodeConfig(max_new_tokens=16)
     tree, _ = assert_tree_equals_alone(engine, arms, cfg, max_rows=len(PROMPTS) + 2)
-    assert tree.trajectories == len(PROMPTS) + 2 and tree.spilled
+    assert tree.spilled and tree.peak_rows == len(PROMPTS) + 2  # finished rows leave and make room for forks
     covered = {(i, k) for i, k in tree.traces} | {(i, k) for i, ks in tree.spilled for k in ks}
     assert covered == {(i, k) for i in range(len(PROMPTS)) for k in range(len(arms))}
     assert not {(i, k) for i, k in tree.traces} & {(i, k) for i, ks in tree.spilled for k in ks}
@@ -138,8 +138,8 @@ def drive_tree(entropies, taus):
         view = StepView(t, torch.zeros(n, 8), h, torch.zeros(n, 4), zeros, zeros, torch.ones(n, dtype=torch.bool))
         sampled = torch.full((n,), 5)
         decisions = torch.stack([gate(view) for gate in arms])  # (K, B)
-        choice = _Choice(decisions, torch.zeros_like(decisions), sampled.expand_as(decisions), decisions, decisions)
-        keys = torch.cat([_input_code(choice, torch.zeros(len(arms), dtype=torch.long))[..., None]], -1)
+        choice = Choice(decisions, torch.zeros_like(decisions), sampled.expand_as(decisions), decisions, decisions)
+        keys = input_keys(choice, torch.zeros(len(arms), dtype=torch.long), torch.zeros(*decisions.shape, 2))
         parent = tree.split(keys, torch.ones(n, dtype=torch.bool), None)
         carried = [tuple(k for k, on in enumerate(col) if on) for col in tree.carried.T.tolist()]
         history.append((carried, None if parent is None else parent.tolist()))
