@@ -213,35 +213,18 @@ class Engine:
                     out, probs, view = _select_forward(out, parent), probs[parent], select_view(view, parent, live)
                     choice, blends = Choice(*(f[:, parent] for f in choice)), blends[:, parent]
                     peak_rows = max(peak_rows, len(parent))
-                lead = live.tree.lead  # (B,) the arm that speaks for each row (all its arms agree)
+                step, x = self._step_inputs(arms, choice, blends, view, live, latent_ids, emits, marker_rows)
                 rows = live.counters
-                is_latent, is_marker, fed, rows.after_begin, rows.after_end = (
-                    f.gather(0, lead[None])[0] for f in choice
-                )
-                latent_vector = functools.cache(
-                    functools.partial(latent_inputs, arms, latent_ids[lead], view, self.table)
-                )
-                step = DecodedStep(view, is_latent, is_marker, fed, latent_vector, is_latent & emits[lead])
-                x = self.embed(fed)  # (B, D)
-                if bool(is_latent.any()):
-                    x = torch.where(is_latent[:, None], latent_vector(), x)
-                if marker_rows is not None:  # the marker blend a gate asks for (zero for most)
-                    blend = blends.gather(0, lead[None, :, None].expand(1, -1, 2))[0]  # (B, 2)
-                    x = (1 - blend.sum(-1, keepdim=True)).to(x.dtype) * x + blend.to(x.dtype) @ marker_rows
                 live.log.record(step, probs, view.logits.argmax(-1), rows.active, out.loops)
-
-                rows.advance(is_latent)
+                rows.advance(step.is_latent)
                 if not cfg.ignore_eos:
                     rows.end(step.is_text & torch.isin(step.text_token, self.eos_ids), "eos")
                 if cfg.stop:
                     hits = self._stop_hits(cfg.stop, step.text_token, step.is_text, rows.active, live.recent_tokens)
                     rows.end(hits, "stop")
                 last = t + 1 == cfg.max_new_tokens or not bool(rows.active.any())
-                probe = (
-                    None
-                    if last
-                    else functools.partial(forward.probe, live.mask[:, : width + t + 1], live.next_position)
-                )
+                step_mask = live.mask[:, : width + t + 1]
+                probe = None if last else functools.partial(forward.probe, step_mask, live.next_position)
                 for observer in live.observers:
                     observer.step(step, probe, rows.active)
                 if last:
@@ -251,13 +234,31 @@ class Engine:
                     x = x[rows.active]
                     retired.append(live.retire(finished))
                 forward_rows += int(rows.active.sum())  # the rows a decode needs (waiting finished rows aside)
-                out = forward(live.mask[:, : width + t + 1], live.next_position, inputs_embeds=x[:, None])
+                out = forward(
+                    live.mask[:, : width + t + 1], live.next_position, inputs_embeds=x[:, None]
+                )  # (after retire)
                 live.next_position = live.next_position + 1
         retired.append(live.retire(torch.arange(len(live.recent_tokens), device=self.device)))
         return TreeResult(
             self._collect(retired, prompts, emits.tolist()), live.tree.spilled, forward_rows,
             sum(len(r.prompt) for r in retired), peak_rows,
         )  # fmt: skip
+
+    def _step_inputs(self, arms, choice, blends, view, live, latent_ids, emits, marker_rows):
+        """This step as the rows take it — each row as its lead arm (all its arms agree) decided — and the
+        next input x (B, D): ``where(is_latent, latent, embed(token))``, plus any marker blend a gate asks for."""
+        lead = live.tree.lead  # (B,)
+        rows = live.counters
+        is_latent, is_marker, fed, rows.after_begin, rows.after_end = (f.gather(0, lead[None])[0] for f in choice)
+        latent_vector = functools.cache(functools.partial(latent_inputs, arms, latent_ids[lead], view, self.table))
+        step = DecodedStep(view, is_latent, is_marker, fed, latent_vector, is_latent & emits[lead])
+        x = self.embed(fed)  # (B, D)
+        if bool(is_latent.any()):
+            x = torch.where(is_latent[:, None], latent_vector(), x)
+        if marker_rows is not None:  # zero blend for every gate but SwiReasoning's
+            blend = blends.gather(0, lead[None, :, None].expand(1, -1, 2))[0]  # (B, 2)
+            x = (1 - blend.sum(-1, keepdim=True)).to(x.dtype) * x + blend.to(x.dtype) @ marker_rows
+        return step, x
 
     def _decide(self, arms: Sequence[Arm], view: StepView, live: LiveRows, inserted) -> Choice:
         """Every arm's decision for every row, stacked (K, B); arms no row carries any more are skipped."""
