@@ -451,7 +451,7 @@ def execute(
             progress.close()
             store.manifest = {**store.manifest, "decode_cost": {"shared": share, **cost.as_dict()}}
     echo(format_summary(summarize(read_samples(out))))
-    if cost.records:
+    if cost.records and len(plan.settings) > 1:  # a sweep: what sharing saved
         echo(cost.line())
     echo(f"records: {out / 'samples.jsonl'}")
     return out
