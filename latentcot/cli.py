@@ -77,7 +77,7 @@ def _execute(common: CommonOptions, settings, **sharing) -> None:
             common.enforce_eager,
         ),
     )
-    experiment.execute(plan, common.out, resume=common.resume, argv=sys.argv, **sharing)
+    experiment.execute(plan, common.out, resume=common.resume, wait=common.wait, argv=sys.argv, **sharing)
 
 
 def _decode_config(common: CommonOptions):

@@ -59,6 +59,10 @@ _COMMON = {
     "batch_size": (int, typer.Option(16, min=1, help="Examples decoded together.")),
     "seed": (int, typer.Option(0, help="Run seed; each example's sampling seed derives from it and the example id.")),
     "resume": (bool, typer.Option(False, "--resume", help="Continue a run directory, skipping recorded samples.")),
+    "wait": (
+        bool,
+        typer.Option(False, "--wait", help="If another process is writing the run directory, wait for it to finish."),
+    ),
     "measure": (
         list[str],
         typer.Option(

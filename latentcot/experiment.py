@@ -407,24 +407,26 @@ def execute(
     out: Path | None,
     *,
     resume: bool = False,
+    wait: bool = False,
     argv: Sequence[str] = (),
     echo: Callable[[str], None] = print,
     share: bool = True,
     max_rows: int | None = None,
 ) -> Path:
-    """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory. ``share``:
+    """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory. ``wait``: for
+    another process writing ``out`` to finish (else refuse). ``share``:
     decode settings as prefix-shared trees (records are the same either way); ``max_rows``: live rows
     of a tree (default 4 x the batch size)."""
     plan = with_model_prompt(plan)
     tasks = load_examples(plan)
     out = out if out is not None else default_run_dir(plan)
-    RunStore.check(out, resume)  # before the slow model load
+    RunStore.check(out, resume, wait)  # before the slow model load
     check_available(plan.backend)
     loaded = load_backend(plan.model, plan.backend)
     engine = loaded.engine
     plan = dataclasses.replace(plan, settings=tuple(s.with_model_markers(engine.tokenizer) for s in plan.settings))
     _check_runnable(plan, tasks, engine)
-    with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume) as store:
+    with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume, wait=wait, on_wait=echo) as store:
         done = store.done_keys()
         groups = [(task.spec, s.id, [e.id for e in examples]) for task, examples in tasks for s in plan.settings]
         complete = sum(all((spec, sid, e) in done for e in ids) for spec, sid, ids in groups)

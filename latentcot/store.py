@@ -2,15 +2,19 @@
 
 Each record is written as one complete line, flushed and fsynced, so a killed run loses at most
 the line being written; on resume a torn last line is dropped and every recorded
-(task_spec, setting_id, example_id) is skipped.
+(task_spec, setting_id, example_id) is skipped. One process writes a run directory at a time
+(:class:`WriterLock`): a second writer is refused, or waits, and never duplicates a record.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
-from collections.abc import Iterator, Mapping
+import platform
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +25,63 @@ from latentcot.errors import InputError
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
+LOCK = "writer.lock"
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<run>/writer.lock``, held while a process writes the run. The kernel
+    releases it when the process ends, however it ends (SIGKILL included), so a stale lock never blocks a
+    resume; the file's text names the holder (pid, host, command, since) for the refusal message."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, root: Path, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> WriterLock:
+        fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            if not wait:
+                os.close(fd)
+                raise InputError(
+                    f"run directory {root} is being written by {holder}; wait for it to finish, or pass --wait"
+                ) from None
+            if on_wait is not None:
+                on_wait(f"waiting for {holder} to finish writing {root}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        holder = {"pid": os.getpid(), "host": platform.node(), "since": now(), "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        return cls(fd)
+
+    @staticmethod
+    def holder(root: Path) -> str | None:
+        """Who holds the lock of ``root`` now (None: nobody), without taking it for longer than a check."""
+        if not (root / LOCK).is_file():
+            return None
+        fd = os.open(root / LOCK, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        finally:
+            os.close(fd)  # closing drops a lock taken here
+        return None
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the descriptor releases the flock
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        info = {}
+    if not info:
+        return "another process"
+    return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} ({info.get('command', '')})"
 
 
 def now() -> str:
@@ -93,21 +154,42 @@ def read_samples(run_dir: str | Path) -> list[dict]:
 class RunStore:
     """Owns one run directory. Create it with ``RunStore.open``."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]):
+    def __init__(self, root: Path, manifest: dict[str, Any], lock: WriterLock):
         self.root = root
         self.manifest = manifest
+        self._lock = lock
         self._samples = open(root / SAMPLES, "a", encoding="utf-8")
         # Exactly the encoder the store used before jsonlines (json.dumps' ", " and ": "
         # separators, not compact=True), so new lines stay byte-identical to recorded runs'.
         self._writer = jsonlines.Writer(self._samples, dumps=functools.partial(json.dumps, ensure_ascii=False))
 
     @classmethod
-    def open(cls, root: str | Path, manifest: Mapping[str, Any], resume: bool = False) -> RunStore:
+    def open(
+        cls,
+        root: str | Path,
+        manifest: Mapping[str, Any],
+        resume: bool = False,
+        wait: bool = False,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> RunStore:
         """Start a run (the directory must be new or empty) or, with ``resume``, continue one whose
-        manifest has the same ``config``."""
+        manifest has the same ``config``. The directory's writer lock is taken first (``wait``: until
+        the writer holding it finishes) and held until ``close``."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise InputError(f"--out {root} is a file, not a directory")
+        root.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock.acquire(root, wait, on_wait)
+        try:
+            return cls._open_locked(root, manifest, resume, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, root: Path, manifest: Mapping[str, Any], resume: bool, lock: WriterLock) -> RunStore:
         existing = root / MANIFEST
-        if cls.check(root, resume):
+        if cls.check(root, resume, wait=True):  # this process holds the lock
             old = json.loads(existing.read_text())
             diffs = _config_differences(old.get("config", {}), manifest.get("config", {}))
             if diffs:
@@ -116,18 +198,24 @@ class RunStore:
             if (root / SAMPLES).exists():
                 _drop_torn_tail(root / SAMPLES)
             _write_json_atomic(existing, merged)
-            return cls(root, merged)
-        root.mkdir(parents=True, exist_ok=True)
+            return cls(root, merged, lock)
         fresh = {**manifest, "started_at": now(), "finished_at": None}
         _write_json_atomic(existing, fresh)
-        return cls(root, fresh)
+        return cls(root, fresh, lock)
 
     @staticmethod
-    def check(root: Path, resume: bool) -> bool:
-        """Refuse a directory that cannot be used, writing nothing; True when it is a run to resume."""
+    def check(root: Path, resume: bool, wait: bool = False) -> bool:
+        """Refuse a directory that cannot be used, writing nothing; True when it is a run to resume. A
+        directory another process is writing is refused here already (before a slow model load),
+        unless ``wait`` (the caller waits for that writer, or holds the lock itself)."""
         if root.exists() and not root.is_dir():
             raise InputError(f"--out {root} is a file, not a directory")
-        if not (root.is_dir() and any(root.iterdir())):
+        holder = None if wait else WriterLock.holder(root)
+        if holder is not None:
+            raise InputError(
+                f"run directory {root} is being written by {holder}; wait for it to finish, or pass --wait"
+            )
+        if not (root.is_dir() and any(p.name != LOCK for p in root.iterdir())):
             return False
         if not resume:
             raise InputError(f"run directory {root} is not empty; pass --resume to continue it or choose another --out")
@@ -149,9 +237,12 @@ class RunStore:
     def close(self, finished: bool = True) -> None:
         self._writer.close()  # a Writer given an open file leaves closing that file to its owner
         self._samples.close()
-        if finished:
-            self.manifest = {**self.manifest, "finished_at": now()}
-            _write_json_atomic(self.root / MANIFEST, self.manifest)
+        try:
+            if finished:
+                self.manifest = {**self.manifest, "finished_at": now()}
+            _write_json_atomic(self.root / MANIFEST, self.manifest)  # decode cost etc. even when stopped
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> RunStore:
         return self

@@ -77,3 +77,31 @@ def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path, sav
     assert samples.read_bytes() == (whole / "samples.jsonl").read_bytes()  # and the same records
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["finished_at"] and len(manifest["resumed_at"]) == 1
+
+
+def test_a_resume_while_the_first_writer_runs_is_refused_or_waits(tmp_path, saved_model):
+    """The reported failure: a --resume started during a run made every record appear twice."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    samples = out / "samples.jsonl"
+    first = subprocess.Popen(
+        sweep_command(saved_model, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while line_count(samples) < 5 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.poll() is None, "the sweep finished before the second writer started; give it more work"
+    second = subprocess.run(
+        sweep_command(saved_model, out) + ["--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert second.returncode == 2
+    assert second.stderr.count("\n") == 1 and f"being written by pid {first.pid}" in second.stderr
+    waiting = subprocess.run(
+        sweep_command(saved_model, out) + ["--resume", "--wait"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert waiting.returncode == 0, waiting.stderr  # (whether it had to wait depends on timing; see test_store_lock)
+    assert first.wait(60) == 0
+    keys = [
+        (r["task_spec"], r["setting_id"], r["example_id"]) for r in map(json.loads, samples.read_text().splitlines())
+    ]
+    assert len(keys) == len(set(keys)) == 2 * 8 * (5 + 2)  # every record once
