@@ -3,7 +3,7 @@
     python benchmarks/sweep.py [--thresholds 8] [--limit 32] [--new-tokens 48] [--repeats 2]
 
 For each case, the K entropy thresholds plus the token and latent baselines (K + 2 settings) are
-decoded twice through ``experiment.run_examples`` — the code ``latentcot sweep`` runs — once as
+decoded twice as work units on the local executor — the code ``latentcot sweep`` runs — once as
 prefix-shared trees and once with ``--no-share`` (every setting on its own), alternating the order
 over repeats. Cases:
 
@@ -29,7 +29,8 @@ import torch  # noqa: E402
 
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig  # noqa: E402
 from latentcot.engine import Engine  # noqa: E402
-from latentcot.experiment import DecodeCost, Setting, run_examples  # noqa: E402
+from latentcot.executors import LocalExecutor, Worker, make_units, setting_families  # noqa: E402
+from latentcot.experiment import DecodeCost, Setting  # noqa: E402
 from latentcot.gates import TokenGate  # noqa: E402
 from latentcot.latent import SoftLatent  # noqa: E402
 from latentcot.model import load_model  # noqa: E402
@@ -38,16 +39,6 @@ from latentcot.zoo.registry import resolve  # noqa: E402
 from latentcot.zoo.tiny import char_tokenizer, tiny_model  # noqa: E402
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-
-class Sink:
-    """Stands in for the run store: keeps the records in memory."""
-
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def append(self, record: dict) -> None:
-        self.records.append(record)
 
 
 def settings_for(taus: list[float], new_tokens: int) -> list[Setting]:
@@ -69,11 +60,15 @@ def trie_nodes(records: list[dict]) -> int:
 
 
 def decode(engine, task, examples, settings, share: bool, batch_size: int, max_rows: int):
-    sink, cost = Sink(), DecodeCost()
+    """What ``latentcot sweep`` does for one task, minus the run store: work units on the local executor."""
+    tasks, cost, records = [(task, examples)], DecodeCost(), []
+    families = setting_families(settings, share)
+    worker = Worker(engine, tasks, settings, families, seed=0, max_rows=max_rows)
     started = time.perf_counter()
-    run_examples(engine, task, examples, settings, sink, set(), batch_size=batch_size, seed=0, share=share,
-                 max_rows=max_rows, cost=cost)  # fmt: skip
-    return time.perf_counter() - started, cost, sink.records
+    for result in LocalExecutor(worker).run(make_units(tasks, settings, families, set(), batch_size)):
+        records += result.records
+        cost.add(result)
+    return time.perf_counter() - started, cost, records
 
 
 def same_records(a: list[dict], b: list[dict]) -> bool:

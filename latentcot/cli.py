@@ -45,7 +45,7 @@ def _execute(common: CommonOptions, settings, **sharing) -> None:
     from transformers.utils import logging as hf_logging
 
     from latentcot import experiment
-    from latentcot.config import BackendConfig, ModelConfig
+    from latentcot.config import BackendConfig, ExecutorConfig, ModelConfig
 
     hf_logging.disable_progress_bar()  # the run has its own progress bar; keep stderr readable
     from latentcot.repeat import parse_range
@@ -77,7 +77,10 @@ def _execute(common: CommonOptions, settings, **sharing) -> None:
             common.enforce_eager,
         ),
     )
-    experiment.execute(plan, common.out, resume=common.resume, wait=common.wait, argv=sys.argv, **sharing)
+    executor = ExecutorConfig(common.executor, common.workers, common.gpus_per_worker, common.ray_address)
+    experiment.execute(
+        plan, common.out, resume=common.resume, wait=common.wait, argv=sys.argv, executor=executor, **sharing
+    )
 
 
 def _decode_config(common: CommonOptions):

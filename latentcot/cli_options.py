@@ -63,6 +63,16 @@ _COMMON = {
         bool,
         typer.Option(False, "--wait", help="If another process is writing the run directory, wait for it to finish."),
     ),
+    "executor": (str, typer.Option("local", help="Where work units decode: local (this process) | ray.")),
+    "workers": (int, typer.Option(1, min=1, help="--executor ray: actors, each loading the model once.")),
+    "gpus_per_worker": (
+        float,
+        typer.Option(0.0, min=0, help="--executor ray: GPUs per actor (0 on CPU; >1 for --tensor-parallel-size)."),
+    ),
+    "ray_address": (
+        str | None,
+        typer.Option(None, help="--executor ray: join this cluster (e.g. auto, ray://head:10001); default: start one."),
+    ),
     "measure": (
         list[str],
         typer.Option(

@@ -278,6 +278,32 @@ class LatentConfig:
         }
 
 
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where a run's work units decode. Not part of a run's config: records do not depend on it."""
+
+    kind: str = "local"  # local (this process) | ray (actors, each loading the model once)
+    workers: int = 1  # ray: actors
+    gpus_per_worker: float = 0.0  # ray: GPUs each actor reserves (0 on CPU; several for tensor parallelism)
+    address: str | None = None  # ray: an existing cluster (e.g. ray://head:10001 or auto); None = start one
+
+    def __post_init__(self):
+        require_choice(self.kind, ("local", "ray"), "executor")
+        require(is_int(self.workers) and self.workers >= 1, f"--workers must be >= 1, got {self.workers!r}")
+        require(
+            is_number(self.gpus_per_worker) and self.gpus_per_worker >= 0,
+            f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker!r}",
+        )
+        if self.kind == "local":
+            require(
+                self.workers == 1 and self.gpus_per_worker == 0 and self.address is None,
+                "--workers, --gpus-per-worker and --ray-address need --executor ray",
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> dict[str, Any]:
     """The ``setting`` object of a record: everything that changes how a row is decoded."""
     return {

@@ -1,13 +1,15 @@
 """An experiment: tasks × settings on one model, decoded in batches, scored, appended to a run.
 
 ``execute`` validates everything (tasks, examples, model) before the run directory is created,
-so bad input leaves nothing behind; ``run_examples`` is the resumable inner loop.
+so bad input leaves nothing behind; ``_decode_all`` is the resumable inner loop: work units of what
+the run store lacks, decoded by an executor (latentcot.executors), every record appended here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import platform
 import subprocess
@@ -19,17 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from latentcot.backends import Backend, check_available, load_backend, unsupported
-from latentcot.config import BackendConfig, DecodeConfig, GateConfig, LatentConfig, ModelConfig, setting_id, setting_of
+from latentcot.config import (
+    BackendConfig,
+    DecodeConfig,
+    ExecutorConfig,
+    GateConfig,
+    LatentConfig,
+    ModelConfig,
+    setting_id,
+    setting_of,
+)
 from latentcot.decoding import single_tokens
 from latentcot.errors import InputError
-from latentcot.gates import make_gate
-from latentcot.latent import make_latent
 from latentcot.measure import MEASUREMENTS
 from latentcot.methods import THOUGHT_MARKERS, MethodChoice, method_params
-from latentcot.sampling import row_seed
 from latentcot.store import RunStore, read_samples
 from latentcot.tasks.base import SPLITS
-from latentcot.tree import Arm
 from latentcot.types import Example, SampleRecord, Trace
 
 
@@ -127,11 +134,12 @@ class DecodeCost:
     trajectories: int = 0  # distinct trajectories decoded
     records: int = 0
 
-    def add(self, forward_rows: int, traces: Sequence[Trace], trajectories: int) -> None:
-        self.forward_rows += forward_rows
-        self.separate_rows += sum(t.n_steps for t in traces)
-        self.trajectories += trajectories
-        self.records += len(traces)
+    def add(self, result) -> None:
+        """Count one decoded work unit (``executors.UnitResult``)."""
+        self.forward_rows += result.forward_rows
+        self.separate_rows += result.separate_rows
+        self.trajectories += result.trajectories
+        self.records += result.traces
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "ratio": round(self.forward_rows / max(self.separate_rows, 1), 4)}
@@ -141,109 +149,6 @@ class DecodeCost:
             f"decode cost: {self.forward_rows} forward rows for {self.records} records ({self.trajectories} distinct "
             f"trajectories); decoding each setting on its own: {self.separate_rows} ({self.as_dict()['ratio']:.2f}x)"
         )
-
-
-def _with_task_stops(setting: Setting, task) -> Setting:
-    """The task's template says where an answer ends (e.g. before a next "Question:")."""
-    stop = tuple(dict.fromkeys(setting.decode.stop + task.stop))
-    return dataclasses.replace(setting, decode=dataclasses.replace(setting.decode, stop=stop))
-
-
-def _shareable(setting: Setting) -> bool:
-    """A latent mode that reads other rows of its batch (``shuffled``) decodes differently in a tree."""
-    return setting.latent.kind != "shuffled"
-
-
-def run_examples(
-    engine: Backend,
-    task,
-    examples: Sequence[Example],
-    settings: Sequence[Setting],
-    store: RunStore,
-    done: set[tuple[str, str, str]],
-    *,
-    batch_size: int,
-    seed: int,
-    measure: Sequence[str] = (),
-    progress: Progress | None = None,
-    share: bool = True,
-    max_rows: int | None = None,
-    cost: DecodeCost | None = None,
-) -> int:
-    """Decode every (example, setting) whose key is not in ``done`` (``store.done_keys()``, read once
-    per run); returns how many records were added.
-
-    Rows are seeded by (seed, example id), so a record does not depend on batch size, on which
-    examples share its batch, on whether the run was resumed, or on whether settings shared prefixes:
-    with ``share`` (and an engine that decodes trees), the settings that decode with the same options
-    are decoded as one tree per batch of examples (latentcot.tree), at most ``max_rows`` live rows.
-    """
-    cost = cost if cost is not None else DecodeCost()
-    settings = [_with_task_stops(s, task) for s in settings]
-    tree_capable = share and hasattr(engine, "decode_tree")
-    families: dict[Any, list[Setting]] = {}
-    for s in settings:  # one tree per decoding options; an unshareable setting is a family of its own
-        families.setdefault(s.decode if tree_capable and _shareable(s) else s.id, []).append(s)
-    added = 0
-    for family in families.values():
-        domains = _domain_groups(task, examples) if any(s.gate.threshold_map for s in family) else [examples]
-        for group in domains:
-            resolved = [dataclasses.replace(s, gate=s.gate.for_domain(group[0].domain or task.domain)) for s in family]
-            added += _decode_family(engine, task, group, resolved, family, store, done, batch_size, seed, measure,
-                                    progress, max_rows, cost)  # fmt: skip
-    if progress:
-        for s in settings:
-            if any((task.spec, s.id, e.id) not in done for e in examples):
-                progress.setting_done()
-    return added
-
-
-def _domain_groups(task, examples: Sequence[Example]) -> list[list[Example]]:
-    groups: dict[str, list[Example]] = {}
-    for example in examples:
-        groups.setdefault(example.domain or task.domain, []).append(example)
-    return list(groups.values())
-
-
-def _decode_family(
-    engine, task, examples, resolved, family, store, done, batch_size, seed, measure, progress, max_rows, cost
-) -> int:
-    """Decode one family of settings (same decoding options) on examples of one domain, as trees when the
-    family has several settings; arms spilled by a full tree come back through the queue."""
-    arms = [Arm(make_gate(s.gate), make_latent(s.latent), s.latent) for s in resolved]
-    # An example with any record missing is decoded with the whole family, as in an uninterrupted run (the
-    # same tree, so the same floats to the last bit); records already written are not written again.
-    everything = tuple(range(len(family)))
-    queue = [(e, everything) for e in examples if any((task.spec, s.id, e.id) not in done for s in family)]
-    added = 0
-    while queue:
-        wanted = queue[0][1]
-        batch = [item for item in queue if item[1] == wanted][:batch_size]
-        queue = [item for item in queue if not any(item is b for b in batch)]
-        batch_examples = [e for e, _ in batch]
-        prompts, seeds = [task.prompt(e) for e in batch_examples], [row_seed(seed, e.id) for e in batch_examples]
-        decode = resolved[wanted[0]].decode
-        if len(wanted) == 1:
-            traces = engine.generate(prompts, arms[wanted[0]].gate, arms[wanted[0]].latent, decode, seeds, measure)
-            by_pair = {(i, 0): trace for i, trace in enumerate(traces)}
-            forward_rows, trajectories, spilled = sum(t.n_steps for t in traces), len(traces), []
-        else:
-            result = engine.decode_tree(prompts, [arms[k] for k in wanted], decode, seeds, measure, max_rows)
-            by_pair, forward_rows, trajectories = result.traces, result.forward_rows, result.trajectories
-            spilled = result.spilled
-        fresh = {
-            (i, j): trace
-            for (i, j), trace in sorted(by_pair.items())
-            if (task.spec, family[wanted[j]].id, batch_examples[i].id) not in done
-        }
-        for (i, j), trace in fresh.items():
-            store.append(make_record(task, batch_examples[i], resolved[wanted[j]], trace).to_dict())
-        queue += [(batch_examples[i], tuple(wanted[j] for j in js)) for i, js in spilled]
-        cost.add(forward_rows, list(by_pair.values()), trajectories)
-        added += len(fresh)
-        if progress:
-            progress.batch(len(fresh), sum(t.n_steps for t in by_pair.values()))
-    return added
 
 
 @dataclass(frozen=True)
@@ -402,6 +307,38 @@ def with_model_prompt(plan: Plan) -> Plan:
     return dataclasses.replace(plan, prompt_file=str(shipped)) if is_local and shipped.is_file() else plan
 
 
+def _decode_all(plan: Plan, tasks, engine, store: RunStore, executor, share: bool, max_rows, cost) -> None:
+    """Every (task, example, setting) not yet in ``store``, as work units on ``executor``; this process
+    appends every record (the only writer)."""
+    from latentcot.executors import make_executor, make_units, setting_families
+
+    done = store.done_keys()
+    missing = {
+        (task.spec, s.id): sum((task.spec, s.id, e.id) not in done for e in examples)
+        for task, examples in tasks
+        for s in plan.settings
+    }
+    total = sum(len(examples) for _, examples in tasks) * len(plan.settings)
+    progress = Progress(total, len(done), len(missing), sum(n == 0 for n in missing.values()))
+    families = setting_families(plan.settings, share and plan.backend.name == "hf")  # vLLM decodes no trees
+    units = make_units(tasks, plan.settings, families, done, plan.batch_size)
+    rows = max_rows if max_rows is not None else 4 * plan.batch_size
+    runner = make_executor(executor, plan, engine, tasks, families, rows)
+    try:
+        for result in runner.run(units):
+            for record in result.records:
+                store.append(record)
+                key = (record["task_spec"], record["setting_id"])
+                missing[key] -= 1
+                if missing[key] == 0:
+                    progress.setting_done()
+            cost.add(result)
+            progress.batch(len(result.records), result.separate_rows)
+    finally:
+        runner.close()
+        progress.close()
+
+
 def execute(
     plan: Plan,
     out: Path | None,
@@ -412,45 +349,30 @@ def execute(
     echo: Callable[[str], None] = print,
     share: bool = True,
     max_rows: int | None = None,
+    executor: ExecutorConfig = ExecutorConfig(),
 ) -> Path:
     """Run ``plan`` into ``out`` (or a new directory under runs/); returns the run directory. ``wait``: for
     another process writing ``out`` to finish (else refuse). ``share``:
     decode settings as prefix-shared trees (records are the same either way); ``max_rows``: live rows
-    of a tree (default 4 x the batch size)."""
+    of a tree (default 4 x the batch size); ``executor``: where the work units run (this process, or Ray
+    actors), the records being the same."""
     plan = with_model_prompt(plan)
     tasks = load_examples(plan)
     out = out if out is not None else default_run_dir(plan)
     RunStore.check(out, resume, wait)  # before the slow model load
     check_available(plan.backend)
+    if executor.kind == "ray" and importlib.util.find_spec("ray") is None:
+        raise InputError("--executor ray needs Ray: pip install 'latentcot[ray]'")
     loaded = load_backend(plan.model, plan.backend)
     engine = loaded.engine
     plan = dataclasses.replace(plan, settings=tuple(s.with_model_markers(engine.tokenizer) for s in plan.settings))
     _check_runnable(plan, tasks, engine)
     with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume, wait=wait, on_wait=echo) as store:
-        done = store.done_keys()
-        groups = [(task.spec, s.id, [e.id for e in examples]) for task, examples in tasks for s in plan.settings]
-        complete = sum(all((spec, sid, e) in done for e in ids) for spec, sid, ids in groups)
-        progress = Progress(sum(len(ids) for *_, ids in groups), len(done), len(groups), complete)
+        store.manifest = {**store.manifest, "executor": executor.as_dict()}
         cost = DecodeCost()
         try:
-            for task, examples in tasks:
-                run_examples(
-                    engine,
-                    task,
-                    examples,
-                    plan.settings,
-                    store,
-                    done,
-                    batch_size=plan.batch_size,
-                    seed=plan.seed,
-                    measure=plan.measure,
-                    progress=progress,
-                    share=share,
-                    max_rows=max_rows if max_rows is not None else 4 * plan.batch_size,
-                    cost=cost,
-                )
+            _decode_all(plan, tasks, engine, store, executor, share, max_rows, cost)
         finally:
-            progress.close()
             store.manifest = {**store.manifest, "decode_cost": {"shared": share, **cost.as_dict()}}
     echo(format_summary(summarize(read_samples(out))))
     if cost.records and len(plan.settings) > 1:  # a sweep: what sharing saved

@@ -1,0 +1,262 @@
+"""Where work units run: in this process (``local``) or on Ray actors that each hold one model (``ray``).
+
+A work unit is a family of settings (those that decode with the same options, so they can share
+prefixes) × a batch of examples of one task. The driver makes the units from what the run store has
+not recorded yet; an executor decodes them with a :class:`Worker` and yields each unit's records; the
+driver appends them, so it stays the only writer of the run. Arms that a full tree spilled come back as
+new units. Rows are seeded by (run seed, example id), so a record does not depend on which worker
+decoded it or which examples shared its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from latentcot.experiment import Setting, make_record
+from latentcot.gates import make_gate
+from latentcot.latent import make_latent
+from latentcot.sampling import row_seed
+from latentcot.tree import Arm
+from latentcot.types import Trace
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    task: int  # index into the run's tasks
+    family: int  # index into the families of settings
+    examples: tuple[int, ...]  # indices into the task's examples (one domain where a threshold map needs it)
+    arms: tuple[int, ...]  # positions in the family: the settings to decode
+    skip: frozenset[tuple[int, int]] = frozenset()  # (example, arm) already recorded: decoded, not returned
+
+
+@dataclass
+class UnitResult:
+    unit: WorkUnit
+    records: list[dict]  # in (example, setting) order
+    spilled: list[WorkUnit] = field(default_factory=list)  # arms a full tree could not hold: decode them again
+    forward_rows: int = 0  # rows forwards computed
+    separate_rows: int = 0  # rows decoding every (example, setting) alone computes: the traces' steps
+    trajectories: int = 0
+    traces: int = 0
+
+
+def setting_families(settings: Sequence[Setting], share: bool) -> list[tuple[int, ...]]:
+    """Indices of ``settings`` grouped into families that decode as one tree: same decoding options. Without
+    ``share``, and for a latent mode that reads other rows of its batch (``shuffled``), one setting each."""
+    families: dict[Any, list[int]] = {}
+    for k, s in enumerate(settings):
+        shareable = share and s.latent.kind != "shuffled"
+        families.setdefault(s.decode if shareable else ("alone", k), []).append(k)
+    return [tuple(ks) for ks in families.values()]
+
+
+def make_units(
+    tasks: Sequence[tuple[Any, Sequence]],
+    settings: Sequence[Setting],
+    families: Sequence[tuple[int, ...]],
+    done: set[tuple[str, str, str]],
+    batch_size: int,
+) -> list[WorkUnit]:
+    """One unit per batch of examples that miss a record of a family. Such an example is decoded with the
+    whole family, as in an uninterrupted run (the same tree, so the same records to the last bit), and
+    what is already recorded is skipped. A family with a threshold map gets one domain per unit."""
+    units = []
+    for t, (task, examples) in enumerate(tasks):
+        for f, family in enumerate(families):
+            ids = [settings[k].id for k in family]
+            pending = [i for i, e in enumerate(examples) if any((task.spec, sid, e.id) not in done for sid in ids)]
+            if any(settings[k].gate.threshold_map for k in family):
+                by_domain: dict[str, list[int]] = {}
+                for i in pending:
+                    by_domain.setdefault(examples[i].domain or task.domain, []).append(i)
+                groups = list(by_domain.values())
+            else:
+                groups = [pending]
+            for group in groups:
+                for start in range(0, len(group), batch_size):
+                    batch = tuple(group[start : start + batch_size])
+                    skip = frozenset(
+                        (i, j) for i in batch for j, sid in enumerate(ids) if (task.spec, sid, examples[i].id) in done
+                    )
+                    units.append(WorkUnit(t, f, batch, tuple(range(len(family))), skip))
+    return units
+
+
+class Worker:
+    """Decodes work units with one loaded backend: in the driver's process, or inside a Ray actor."""
+
+    def __init__(
+        self,
+        engine,
+        tasks: Sequence[tuple[Any, Sequence]],
+        settings: Sequence[Setting],
+        families: Sequence[tuple[int, ...]],
+        *,
+        seed: int,
+        measure: Sequence[str] = (),
+        max_rows: int | None = None,
+    ):
+        self.engine, self.tasks, self.settings, self.families = engine, tasks, settings, families
+        self.seed, self.measure, self.max_rows = seed, tuple(measure), max_rows
+
+    def _resolved(self, task, family: tuple[int, ...], domain: str) -> list[Setting]:
+        """The family's settings as they decode this task's examples of ``domain``: the task's stop strings
+        added (its template says where an answer ends), a threshold map resolved to the domain's τ."""
+        out = []
+        for setting in (self.settings[k] for k in family):
+            decode = dataclasses.replace(setting.decode, stop=tuple(dict.fromkeys(setting.decode.stop + task.stop)))
+            out.append(dataclasses.replace(setting, gate=setting.gate.for_domain(domain), decode=decode))
+        return out
+
+    def decode(self, unit: WorkUnit) -> UnitResult:
+        task, examples = self.tasks[unit.task]
+        batch = [examples[i] for i in unit.examples]
+        resolved = self._resolved(task, self.families[unit.family], batch[0].domain or task.domain)
+        wanted = [resolved[j] for j in unit.arms]
+        prompts, seeds = [task.prompt(e) for e in batch], [row_seed(self.seed, e.id) for e in batch]
+        arms = [Arm(make_gate(s.gate), make_latent(s.latent), s.latent) for s in wanted]
+        if len(arms) == 1 or not hasattr(self.engine, "decode_tree"):
+            traces: dict[tuple[int, int], Trace] = {}
+            for j, arm in enumerate(arms):
+                for i, trace in enumerate(
+                    self.engine.generate(prompts, arm.gate, arm.latent, wanted[j].decode, seeds, self.measure)
+                ):
+                    traces[(i, j)] = trace
+            forward_rows, trajectories, spilled = sum(t.n_steps for t in traces.values()), len(traces), []
+        else:
+            tree = self.engine.decode_tree(prompts, arms, wanted[0].decode, seeds, self.measure, self.max_rows)
+            traces, forward_rows, trajectories, spilled = (
+                tree.traces,
+                tree.forward_rows,
+                tree.trajectories,
+                tree.spilled,
+            )
+        records = [
+            make_record(task, batch[i], wanted[j], trace).to_dict()
+            for (i, j), trace in sorted(traces.items())
+            if (unit.examples[i], unit.arms[j]) not in unit.skip
+        ]
+        return UnitResult(
+            unit,
+            records,
+            _spilled_units(unit, spilled),
+            forward_rows,
+            sum(t.n_steps for t in traces.values()),
+            trajectories,
+            len(traces),
+        )
+
+
+def _spilled_units(unit: WorkUnit, spilled: Iterable[tuple[int, tuple[int, ...]]]) -> list[WorkUnit]:
+    """Spilled (row of the batch, arms) -> units, one per group of arms, examples in batch order."""
+    by_arms: dict[tuple[int, ...], list[int]] = {}
+    for row, arms in spilled:
+        by_arms.setdefault(tuple(unit.arms[j] for j in arms), []).append(unit.examples[row])
+    return [
+        WorkUnit(unit.task, unit.family, tuple(examples), arms, frozenset(p for p in unit.skip if p[0] in examples))
+        for arms, examples in by_arms.items()
+    ]
+
+
+class LocalExecutor:
+    """Decodes the units one after another in this process, spilled arms last."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def run(self, units: Sequence[WorkUnit]) -> Iterator[UnitResult]:
+        queue = list(units)
+        while queue:
+            result = self.worker.decode(queue.pop(0))
+            queue += result.spilled
+            yield result
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Work units on Ray actors that each load the model once (``latentcot[ray]``). A unit goes to the
+    next free actor (one in flight per actor, so a slow unit holds no other back); a unit whose actor died
+    is decoded again on a fresh actor; results come back as they finish and the driver writes them."""
+
+    def __init__(self, cfg, plan, families: Sequence[tuple[int, ...]], max_rows: int | None):
+        import ray
+
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            # "local": a new cluster on this machine (never one left over from another process)
+            ray.init(address=cfg.address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR", configure_logging=False)  # fmt: skip
+        self._actor_class = ray.remote(num_cpus=1, num_gpus=cfg.gpus_per_worker)(RayWorker)
+        self._args = (plan, tuple(families), max_rows, os.getcwd())
+        self.actors = [self._actor_class.remote(*self._args) for _ in range(cfg.workers)]
+        self.retried = 0  # units decoded again because their actor died
+
+    def run(self, units: Sequence[WorkUnit]) -> Iterator[UnitResult]:
+        ray = self._ray
+        queue, idle = list(units), list(self.actors)
+        in_flight: dict[Any, tuple[Any, WorkUnit]] = {}  # object ref -> (actor, unit)
+        while queue or in_flight:
+            while queue and idle:
+                actor, unit = idle.pop(0), queue.pop(0)
+                in_flight[actor.decode.remote(unit)] = (actor, unit)
+            (ready,), _ = ray.wait(list(in_flight), num_returns=1)
+            actor, unit = in_flight.pop(ready)
+            try:
+                result = ray.get(ready)
+            except ray.exceptions.RayActorError:  # the actor's process died: its unit goes to a fresh one
+                self.actors.remove(actor)
+                fresh = self._actor_class.remote(*self._args)
+                self.actors.append(fresh)
+                idle.append(fresh)
+                queue.insert(0, unit)
+                self.retried += 1
+                continue
+            idle.append(actor)
+            queue += result.spilled
+            yield result
+
+    def worker_pids(self) -> list[int]:
+        return self._ray.get([actor.pid.remote() for actor in self.actors])
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+        if self._owns_ray:
+            self._ray.shutdown()
+
+
+class RayWorker:
+    """The body of a Ray actor: loads the backend and the tasks once, then decodes units."""
+
+    def __init__(self, plan, families: tuple[tuple[int, ...], ...], max_rows: int | None, cwd: str):
+        from latentcot.backends import load_backend
+        from latentcot.experiment import load_examples
+
+        if os.path.isdir(cwd):  # relative task and model paths mean what they meant to the driver
+            os.chdir(cwd)
+        engine = load_backend(plan.model, plan.backend).engine
+        self.worker = Worker(engine, load_examples(plan), plan.settings, families, seed=plan.seed,
+                             measure=plan.measure, max_rows=max_rows)  # fmt: skip
+
+    def decode(self, unit: WorkUnit) -> UnitResult:
+        return self.worker.decode(unit)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def make_executor(cfg, plan, engine, tasks, families: Sequence[tuple[int, ...]], max_rows: int | None):
+    """The executor ``cfg`` (an ExecutorConfig) names; the local one reuses the driver's loaded engine."""
+    if cfg.kind == "ray":
+        return RayExecutor(cfg, plan, families, max_rows)
+    worker = Worker(engine, tasks, plan.settings, families, seed=plan.seed, measure=plan.measure, max_rows=max_rows)
+    return LocalExecutor(worker)
