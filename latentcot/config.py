@@ -23,7 +23,7 @@ LATENT_MODES = (
     *("moi", "random-soft", "multiplex"),  # the published mixtures (see latentcot.methods)
 )
 MERGES = ("mean", "weighted")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # float64: comparisons to the last bit
 BACKENDS = ("hf", "vllm")
 
 

@@ -44,6 +44,7 @@ class UnitResult:
     separate_rows: int = 0  # rows decoding every (example, setting) alone computes: the traces' steps
     trajectories: int = 0
     traces: int = 0
+    worker: int = 0  # pid of the process that decoded the unit
 
 
 def setting_families(settings: Sequence[Setting], share: bool) -> list[tuple[int, ...]]:
@@ -150,6 +151,7 @@ class Worker:
             sum(t.n_steps for t in traces.values()),
             trajectories,
             len(traces),
+            os.getpid(),
         )
 
 

@@ -70,7 +70,9 @@ def resolve_source(spec: str) -> tuple[str, bool]:
 def _torch_dtype(name: str):
     if name == "auto":
         return "auto"
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}[
+        name
+    ]
 
 
 def _device(name: str) -> str:

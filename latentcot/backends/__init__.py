@@ -53,6 +53,8 @@ def unsupported(
         return None
     if model is not None and model.repeat_layers is not None:
         return "--repeat-layers is not supported by the vllm backend (use --backend hf)"
+    if model is not None and model.dtype == "float64":
+        return "--dtype float64 is not supported by the vllm backend (use --backend hf)"
     if measure:
         return f"--measure {measure[0]} is not supported by the vllm backend (use --backend hf)"
     for setting in settings:
