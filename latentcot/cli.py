@@ -396,10 +396,11 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"latentcot: error: {exc}", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("latentcot: interrupted; every record written is kept (continue with --resume)", err=True)
-        sys.exit(130)
+        code = 130
     except TyperException as exc:  # usage errors: unknown option, a value of the wrong type, ...
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         typer.echo(f"latentcot: error: {' '.join(message.split())}", err=True)
         sys.exit(2)
+    if code == 130:  # Ctrl-C, which click also turns into a returned 130 outside standalone mode
+        typer.echo("latentcot: interrupted; every record written is kept (continue with --resume)", err=True)
     sys.exit(code if isinstance(code, int) else 0)

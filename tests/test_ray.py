@@ -107,3 +107,25 @@ def test_a_killed_driver_resumes_with_either_executor(local_run, saved_model, tm
     again = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert by_key(records(out)) == local_run
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_a_resumable_run(saved_model, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    longer = [*SWEEP, "--limit", "60", "--batch-size", "1"]  # 300 records: still running when interrupted
+    command = [sys.executable, "-m", "latentcot", "sweep", "--model", str(saved_model), *longer, "--out", str(out)]
+    command += ["--executor", "ray", "--workers", "2"]
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    samples = out / "samples.jsonl"
+    deadline = time.monotonic() + 180
+    while (not samples.exists() or samples.read_bytes().count(b"\n") < 2) and time.monotonic() < deadline:
+        assert driver.poll() is None, "the driver ended before it could be interrupted"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "interrupted" in stderr and "--resume" in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["finished_at"] is None and 0 < len(records(out)) < 300
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(by_key(records(out))) == 300  # every (example, setting) once
