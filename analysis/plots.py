@@ -134,6 +134,28 @@ def info_loss_figure(bins: pd.DataFrame, min_points: int = 10, max_columns: int 
     return fig
 
 
+def answer_loss_figure(bins: pd.DataFrame, min_points: int = 10) -> Figure:
+    """Answer-level loss vs entropy: P(answer changes) when the latent replaces the sampled token, and the
+    change in correctness, per entropy bin, one curve per domain."""
+    colours = palette(bins["domain"])
+    with house_style():
+        fig, axes = new_figure(1, 2)
+        panels = (
+            ("p_changed", "lo", "hi", "P(answer changes)"),
+            ("delta_correct", "delta_lo", "delta_hi", "Δ correct"),
+        )
+        for ax, (column, lo, hi, label) in zip(axes.ravel(), panels):
+            for domain, part in bins.groupby("domain", observed=True):
+                plot_series(
+                    ax, part["entropy"], part[column], part[lo], part[hi], part["enough"], colours[domain], domain
+                )
+            ax.set(xlabel="entropy H at the step (nats)", ylabel=label, title=label + " (latent instead of token)")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(title="domain", fontsize="small")
+        figure_note(fig, HOLLOW_NOTE.format(m=min_points) + "; bands: cluster-bootstrap CI over records")
+    return fig
+
+
 def _threshold_grid(table: pd.DataFrame) -> tuple[list[str], list[str]]:
     return sorted(table["unit"].unique()), sorted(table["domain"].unique())
 

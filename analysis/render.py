@@ -33,6 +33,8 @@ DISPLAY = {
     "entropy_by_domain": ["domain", "mode", "n", "mean", "q10", "median", "q90"],
     "info_loss_correlation": ["domain", "metric", "mode", "n", "n_records", "rho", "ci", "enough"],
     "info_loss_bins": ["domain", "metric", "entropy", "n", "mean", "ci", "enough"],
+    "answer_loss_trend": ["domain", "n", "n_records", "p_changed", "slope", "slope_ci", "rho", "ci", "enough"],
+    "answer_loss_bins": ["domain", "entropy", "n", "p_changed", "ci", "delta_correct", "delta_ci", "enough"],
     "accuracy_vs_threshold": [
         "domain",
         "family",
@@ -91,7 +93,13 @@ def _interval(lo, hi) -> str:
 def display_frame(table: pd.DataFrame, name: str) -> pd.DataFrame:
     """The reader's view of a table: chosen columns, intervals joined into ``[lo, hi]`` strings."""
     shown = table.copy()
-    pairs = {"ci": ("lo", "hi"), "threshold_ci": ("threshold_lo", "threshold_hi"), "gain_ci": ("gain_lo", "gain_hi")}
+    pairs = {
+        "ci": ("lo", "hi"),
+        "threshold_ci": ("threshold_lo", "threshold_hi"),
+        "gain_ci": ("gain_lo", "gain_hi"),
+        "slope_ci": ("slope_lo", "slope_hi"),
+        "delta_ci": ("delta_lo", "delta_hi"),
+    }
     for column, (lo, hi) in pairs.items():
         if lo in shown.columns:
             shown[column] = [_interval(a, b) for a, b in zip(shown[lo], shown[hi])]

@@ -23,6 +23,7 @@ from .load import Run, load_run
 from .loops import loops_figure
 from .plots import (
     accuracy_entropy_figure,
+    answer_loss_figure,
     entropy_distribution_figure,
     house_style,
     info_loss_figure,
@@ -39,6 +40,7 @@ FIGURE_TITLES = {
     "method_comparison": "Methods: accuracy vs forward passes",
     "entropy_distribution": "Step entropy by domain",
     "info_loss_vs_entropy": "Information loss vs entropy",
+    "answer_loss_vs_entropy": "Answer-level loss vs entropy (--measure rollout)",
     "accuracy_vs_threshold": "Accuracy vs τ (baselines as horizontal lines)",
     "latent_fraction_vs_threshold": "Latent fraction vs τ",
     "pareto": "Accuracy vs forward passes",
@@ -132,6 +134,8 @@ def build_figures(run: Run, tables: AnalysisTables, options: AnalysisOptions) ->
         skipped.append("figure info loss vs entropy: no token steps")
     else:
         figures["info_loss_vs_entropy"] = info_loss_figure(tables["info_loss_bins"], m)
+    if not tables["answer_loss_bins"].empty:
+        figures["answer_loss_vs_entropy"] = answer_loss_figure(tables["answer_loss_bins"], m)
     if tables["accuracy_vs_threshold"].empty:
         skipped.append("figures accuracy / latent fraction vs τ: no entropy-gate settings with a single threshold")
     else:
@@ -170,6 +174,9 @@ def headline_text(tables: AnalysisTables) -> str:
         text = "method comparison\n" + text_table(display_frame(tables[LEADING], LEADING)) + "\n\n" + text
     if not tables["best_threshold"].empty:
         text += "\n\nbest τ per domain\n" + text_table(display_frame(tables["best_threshold"], "best_threshold"))
+    if not tables["answer_loss_trend"].empty:
+        trend = display_frame(tables["answer_loss_trend"], "answer_loss_trend")
+        text += "\n\nanswer-level loss vs entropy (slope: P(answer changes) per nat)\n" + text_table(trend)
     return text
 
 
@@ -192,6 +199,7 @@ SUMMARY_TABLES = [
     "best_threshold",
     "per_domain_vs_global",
     "info_loss_correlation",
+    "answer_loss_trend",
     "accuracy_vs_threshold",
     "entropy_by_domain",
     "loops_summary",

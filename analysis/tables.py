@@ -21,6 +21,7 @@ from .accuracy import (
     settings_table,
     threshold_rows,
 )
+from .answer_loss import answer_loss_bins, answer_loss_trend
 from .compare import comparison_skips, method_comparison, methods_in
 from .info_loss import available_metrics, entropy_by_domain, info_loss_bins, info_loss_correlations
 from .loops import loops_per_token, loops_summary
@@ -32,6 +33,8 @@ TABLE_TITLES = {
     "entropy_by_domain": "Step entropy (nats) per domain",
     "info_loss_correlation": "Information loss vs entropy: Spearman ρ",
     "info_loss_bins": "Information loss vs entropy: binned means",
+    "answer_loss_trend": "Answer-level loss vs entropy: trend per domain (--measure rollout)",
+    "answer_loss_bins": "Answer-level loss vs entropy: P(answer changes) per bin",
     "accuracy_vs_threshold": "Accuracy and latent fraction vs τ",
     "best_threshold": "Best τ per domain",
     "per_domain_vs_global": "Per-domain τ vs one global τ",
@@ -82,6 +85,8 @@ def skipped_analyses(samples: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
         skipped.append("information loss at token steps: the run has no token steps")
     if "kl_counterfactual" not in names:
         skipped.append("counterfactual KL: not measured (run with --measure counterfactual)")
+    if "rollout_changed" not in steps.columns:
+        skipped.append("answer-level loss vs entropy: not measured (run with --measure rollout)")
     if {"latent_token_cos", "latent_norm"}.isdisjoint(names):
         skipped.append(
             "latent-vector geometry and logit lens: not measured (needs latent steps and --measure counterfactual)"
@@ -104,6 +109,8 @@ def compute_tables(
         "entropy_by_domain": entropy_by_domain(steps),
         "info_loss_correlation": info_loss_correlations(steps, options, rng),
         "info_loss_bins": info_loss_bins(steps, options, rng),
+        "answer_loss_trend": answer_loss_trend(samples, steps, options, rng),
+        "answer_loss_bins": answer_loss_bins(samples, steps, options, rng),
         "accuracy_vs_threshold": accuracy_vs_threshold(samples, options),
         "best_threshold": best_thresholds(samples, options, rng),
         "per_domain_vs_global": per_domain_vs_global(samples, options, rng),

@@ -79,7 +79,9 @@ _COMMON = {
             [],
             "--measure",
             help="Extra per-step measurements: counterfactual (KL of the next "
-            "step had the latent been fed, latent-vs-token geometry, logit lens).",
+            "step had the latent been fed, latent-vs-token geometry, logit lens); "
+            "rollout[:every=K,max=M,min_entropy=H] (feed the latent at a token step and decode on: "
+            "did the answer change?).",
         ),
     ),
     "prompt": (Path | None, typer.Option(None, "--prompt", help="Prompt template file overriding the task's.")),

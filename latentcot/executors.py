@@ -3,8 +3,8 @@
 A work unit is a family of settings (those that decode with the same options, so they can share
 prefixes) × a batch of examples of one task. The driver makes the units from what the run store has
 not recorded yet; an executor decodes them with a :class:`Worker` and yields each unit's records; the
-driver appends them, so it stays the only writer of the run. Arms that a full tree spilled come back as
-new units. Rows are seeded by (run seed, example id), so a record does not depend on which worker
+driver appends them, so it stays the only writer of the run. Arms that a full tree spilled are decoded
+again within their unit. Rows are seeded by (run seed, example id), so a record does not depend on which worker
 decoded it or which examples shared its batch.
 """
 
@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from latentcot.experiment import Setting, make_record
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
+from latentcot.rollout import NAME as ROLLOUT
+from latentcot.rollout import ProbeGate, fork_step, parse_rollout
 from latentcot.sampling import row_seed
 from latentcot.tree import Arm
 from latentcot.types import Trace
@@ -39,11 +41,11 @@ class WorkUnit:
 class UnitResult:
     unit: WorkUnit
     records: list[dict]  # in (example, setting) order
-    spilled: list[WorkUnit] = field(default_factory=list)  # arms a full tree could not hold: decode them again
-    forward_rows: int = 0  # rows forwards computed
-    separate_rows: int = 0  # rows decoding every (example, setting) alone computes: the traces' steps
+    forward_rows: int = 0  # rows forwards computed (spilled arms decoded again included)
     trajectories: int = 0
+    separate_rows: int = 0  # rows decoding every (example, setting) alone computes: the traces' steps
     traces: int = 0
+    plain_rows: int = 0  # rows a tree of the settings alone computes (without rollout branches)
     worker: int = 0  # pid of the process that decoded the unit
 
 
@@ -104,7 +106,9 @@ class Worker:
         max_rows: int | None = None,
     ):
         self.engine, self.tasks, self.settings, self.families = engine, tasks, settings, families
-        self.seed, self.measure, self.max_rows = seed, tuple(measure), max_rows
+        self.seed, self.max_rows = seed, max_rows
+        self.rollout = parse_rollout(tuple(measure))  # answer-level probes: extra arms of the tree
+        self.observed = tuple(m for m in measure if m.partition(":")[0] != ROLLOUT)  # step observers
 
     def _resolved(self, task, family: tuple[int, ...], domain: str) -> list[Setting]:
         """The family's settings as they decode this task's examples of ``domain``: the task's stop strings
@@ -120,64 +124,103 @@ class Worker:
         batch = [examples[i] for i in unit.examples]
         resolved = self._resolved(task, self.families[unit.family], batch[0].domain or task.domain)
         wanted = [resolved[j] for j in unit.arms]
-        prompts, seeds = [task.prompt(e) for e in batch], [row_seed(self.seed, e.id) for e in batch]
         arms = [Arm(make_gate(s.gate), make_latent(s.latent), s.latent) for s in wanted]
-        if len(arms) == 1 or not hasattr(self.engine, "decode_tree"):
-            traces: dict[tuple[int, int], Trace] = {}
-            for j, arm in enumerate(arms):
-                for i, trace in enumerate(
-                    self.engine.generate(prompts, arm.gate, arm.latent, wanted[j].decode, seeds, self.measure)
-                ):
-                    traces[(i, j)] = trace
-            forward_rows, trajectories, spilled = sum(t.n_steps for t in traces.values()), len(traces), []
-        else:
-            tree = self.engine.decode_tree(prompts, arms, wanted[0].decode, seeds, self.measure, self.max_rows)
-            traces, forward_rows, trajectories, spilled = (
-                tree.traces,
-                tree.forward_rows,
-                tree.trajectories,
-                tree.spilled,
-            )
-        records = [
-            make_record(task, batch[i], wanted[j], trace).to_dict()
-            for (i, j), trace in sorted(traces.items())
-            if (unit.examples[i], unit.arms[j]) not in unit.skip
+        probes = [  # rollout: probe n of setting j is arm len(wanted) + j * spec.max + n
+            Arm(ProbeGate(arm.gate, n, self.rollout), arm.latent, arm.latent_key)
+            for arm in arms
+            for n in range(self.rollout.max if self.rollout else 0)
         ]
+        prompts, seeds = [task.prompt(e) for e in batch], [row_seed(self.seed, e.id) for e in batch]
+        traces, (forward_rows, trajectories) = self._decode(prompts, seeds, arms + probes, wanted[0].decode)
+        records = []
+        for (i, j), trace in sorted(traces.items()):
+            if j >= len(wanted) or (unit.examples[i], unit.arms[j]) in unit.skip:
+                continue
+            record = make_record(task, batch[i], wanted[j], trace).to_dict()
+            if self.rollout:
+                first = len(wanted) + j * self.rollout.max
+                branches = [traces[(i, first + n)] for n in range(self.rollout.max)]
+                record["steps"].update(rollout_arrays(task, batch[i], record, branches))
+            records.append(record)
+        main = [trace for (i, j), trace in traces.items() if j < len(wanted)]
         return UnitResult(
             unit,
             records,
-            _spilled_units(unit, spilled),
-            forward_rows,
-            sum(t.n_steps for t in traces.values()),
-            trajectories,
-            len(traces),
-            os.getpid(),
+            forward_rows=forward_rows,
+            trajectories=trajectories,
+            separate_rows=sum(t.n_steps for t in main),
+            traces=len(main),
+            plain_rows=trie_nodes(traces, [s.latent for s in wanted]),
+            worker=os.getpid(),
         )
 
+    def _decode(self, prompts, seeds, arms: list[Arm], decode) -> tuple[dict[tuple[int, int], Trace], tuple[int, int]]:
+        """Every (prompt, arm) trace: one tree, then again for the arms a full tree spilled (the same seeds,
+        so the same traces). Returns the traces and (forward rows, trajectories)."""
+        if len(arms) == 1 or not hasattr(self.engine, "decode_tree"):
+            traces = {}
+            for j, arm in enumerate(arms):
+                for i, trace in enumerate(
+                    self.engine.generate(prompts, arm.gate, arm.latent, decode, seeds, self.observed)
+                ):
+                    traces[(i, j)] = trace
+            return traces, (sum(t.n_steps for t in traces.values()), len(traces))
+        traces, forward_rows, trajectories = {}, 0, 0
+        pending = [(list(range(len(prompts))), list(range(len(arms))))]  # (prompt rows, arms)
+        while pending:
+            rows, arm_ids = pending.pop(0)
+            tree = self.engine.decode_tree(
+                [prompts[i] for i in rows], [arms[a] for a in arm_ids], decode, [seeds[i] for i in rows],
+                self.observed, self.max_rows,
+            )  # fmt: skip
+            traces.update({(rows[i], arm_ids[j]): trace for (i, j), trace in tree.traces.items()})
+            forward_rows, trajectories = forward_rows + tree.forward_rows, trajectories + tree.trajectories
+            by_arms: dict[tuple[int, ...], list[int]] = {}
+            for row, spilled in tree.spilled:
+                by_arms.setdefault(tuple(arm_ids[j] for j in spilled), []).append(rows[row])
+            pending += [(spilled_rows, list(ids)) for ids, spilled_rows in by_arms.items()]
+        return traces, (forward_rows, trajectories)
 
-def _spilled_units(unit: WorkUnit, spilled: Iterable[tuple[int, tuple[int, ...]]]) -> list[WorkUnit]:
-    """Spilled (row of the batch, arms) -> units, one per group of arms, examples in batch order."""
-    by_arms: dict[tuple[int, ...], list[int]] = {}
-    for row, arms in spilled:
-        by_arms.setdefault(tuple(unit.arms[j] for j in arms), []).append(unit.examples[row])
-    return [
-        WorkUnit(unit.task, unit.family, tuple(examples), arms, frozenset(p for p in unit.skip if p[0] in examples))
-        for arms, examples in by_arms.items()
-    ]
+
+def rollout_arrays(task, example, record: dict, branches: Sequence[Trace]) -> dict[str, list]:
+    """Per step of ``record``: did the branch that fed the latent there change the answer, and is its answer
+    correct (None where no branch left the trajectory)."""
+    n = record["n_steps"]
+    changed: list[bool | None] = [None] * n
+    correct: list[bool | None] = [None] * n
+    for branch in branches:
+        t = fork_step(record["steps"]["mode"], branch.mode)
+        if t is None:  # the probe never fired: fewer qualifying steps than probes
+            continue
+        prediction = task.extract(branch.completion).prediction
+        changed[t] = prediction != record["prediction"]
+        correct[t] = bool(task.score(example, prediction))
+    return {"rollout_changed": changed, "rollout_correct": correct}
+
+
+def trie_nodes(traces: dict[tuple[int, int], Trace], latents: Sequence[Any]) -> int:
+    """Rows a tree of the settings alone computes: distinct (prompt, input prefix) pairs of the traces of
+    arms 0 .. len(latents) - 1, whose latent modes are ``latents`` (a latent step's input is its mode's)."""
+    nodes = set()
+    for (i, j), trace in traces.items():
+        if j >= len(latents):
+            continue
+        prefix: tuple = (i,)
+        for mode, token in zip(trace.mode, trace.token_id):
+            nodes.add(prefix)
+            prefix = (*prefix, (mode, token if mode != "latent" else latents[j]))
+    return len(nodes)
 
 
 class LocalExecutor:
-    """Decodes the units one after another in this process, spilled arms last."""
+    """Decodes the units one after another in this process."""
 
     def __init__(self, worker: Worker):
         self.worker = worker
 
     def run(self, units: Sequence[WorkUnit]) -> Iterator[UnitResult]:
-        queue = list(units)
-        while queue:
-            result = self.worker.decode(queue.pop(0))
-            queue += result.spilled
-            yield result
+        for unit in units:
+            yield self.worker.decode(unit)
 
     def close(self) -> None:
         pass
@@ -223,7 +266,6 @@ class RayExecutor:
                 self.retried += 1
                 continue
             idle.append(actor)
-            queue += result.spilled
             yield result
 
     def worker_pids(self) -> list[int]:

@@ -35,6 +35,7 @@ from latentcot.decoding import single_tokens
 from latentcot.errors import InputError
 from latentcot.measure import MEASUREMENTS
 from latentcot.methods import THOUGHT_MARKERS, MethodChoice, method_params
+from latentcot.rollout import parse_rollout
 from latentcot.store import RunStore, read_samples
 from latentcot.tasks.base import SPLITS
 from latentcot.types import Example, SampleRecord, Trace
@@ -131,6 +132,7 @@ class DecodeCost:
 
     forward_rows: int = 0  # computed
     separate_rows: int = 0  # what decoding every (example, setting) on its own computes: its n_steps
+    plain_rows: int = 0  # what one tree of the settings computes without rollout branches
     trajectories: int = 0  # distinct trajectories decoded
     records: int = 0
 
@@ -138,11 +140,18 @@ class DecodeCost:
         """Count one decoded work unit (``executors.UnitResult``)."""
         self.forward_rows += result.forward_rows
         self.separate_rows += result.separate_rows
+        self.plain_rows += result.plain_rows
         self.trajectories += result.trajectories
         self.records += result.traces
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "ratio": round(self.forward_rows / max(self.separate_rows, 1), 4)}
+
+    def rollout_line(self) -> str:
+        return (
+            f"rollout: {self.forward_rows} forward rows with the answer-level branches, "
+            f"{self.forward_rows / max(self.plain_rows, 1):.2f}x the {self.plain_rows} of the run without them"
+        )
 
     def line(self) -> str:
         return (
@@ -167,9 +176,11 @@ class Plan:
     backend: BackendConfig = BackendConfig()  # which engine decodes (records do not depend on it)
 
     def __post_init__(self):
-        for name in self.measure:
-            if name not in MEASUREMENTS:
-                raise InputError(f"unknown measurement {name!r}; valid: {', '.join(MEASUREMENTS)}")
+        for spec in self.measure:
+            name, _, params = spec.partition(":")
+            if name not in MEASUREMENTS or (params and name != "rollout"):
+                raise InputError(f"unknown measurement {spec!r}; valid: counterfactual, rollout[:every=K,max=M,...]")
+        parse_rollout(self.measure)  # its parameters, checked
         refusal = unsupported(self.backend, self.settings, self.measure, self.model)
         if refusal:
             raise InputError(refusal)
@@ -284,6 +295,11 @@ def _check_runnable(plan: Plan, tasks, engine: Backend) -> None:
         markers = setting.decode.markers
         if markers is not None and not single_tokens(engine.tokenizer, markers):
             raise InputError(f"--markers {','.join(markers)}: each must be a single token of the model's tokenizer")
+        if markers is not None and parse_rollout(plan.measure) is not None:
+            raise InputError(
+                f"--measure rollout needs settings without thought markers ({setting.id} has {','.join(markers)}): "
+                "a latent in place of a token would need a marker step first"
+            )
     for task, examples in tasks:
         engine.check_room([task.prompt(e) for e in examples], longest, [f"{task.spec} {e.id}" for e in examples])
         for setting in plan.settings:
@@ -377,5 +393,7 @@ def execute(
     echo(format_summary(summarize(read_samples(out))))
     if cost.records and len(plan.settings) > 1:  # a sweep: what sharing saved
         echo(cost.line())
+    if cost.records and parse_rollout(plan.measure) is not None:
+        echo(cost.rollout_line())
     echo(f"records: {out / 'samples.jsonl'}")
     return out

@@ -28,7 +28,7 @@ from latentcot.errors import InputError
 from latentcot.types import DecodedStep, EmbeddingTable, Probe
 
 LENS_TOP = 5  # logit-lens tokens kept per latent step
-MEASUREMENTS = ("counterfactual",)
+MEASUREMENTS = ("counterfactual", "rollout")  # rollout (latentcot.rollout) is decoded as extra tree arms
 
 
 class StepObserver(Protocol):
@@ -128,7 +128,7 @@ def make_observers(measure: Sequence[str], table: EmbeddingTable, head: torch.nn
     """One fresh observer per requested measurement (observers hold per-call state)."""
     observers: list[StepObserver] = []
     for name in measure:
-        if name not in MEASUREMENTS:
-            raise InputError(f"unknown measurement {name!r}; valid: {', '.join(MEASUREMENTS)}")
+        if name != "counterfactual":
+            raise InputError(f"unknown step observer {name!r}; valid: counterfactual")
         observers.append(Counterfactual(table, head))
     return observers
