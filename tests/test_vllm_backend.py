@@ -200,3 +200,118 @@ def test_cli_run_on_vllm_writes_the_hf_records(saved_model, dataset, tmp_path, v
         "enforce_eager": True,
     }
     assert manifest["model"]["backend"] == "vllm" and manifest["model"]["vllm_version"]
+
+
+# --- both model runners: the gate processors through vLLM's own loaders, on constructed logits -----------
+
+
+def _rule(key, threshold, sentinel=7, **caps):
+    return {"key": key, "threshold": threshold, "unit": "nats", "sentinel": sentinel, "latent_run": 0,
+            "n_latent": 0, "max_consecutive": None, "max_latent": None, **caps}  # fmt: skip
+
+
+def _constructed_logits(batch=4, vocab=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([0.3, 1.0, 3.0, 8.0])[:batch, None]  # flat to peaked rows: entropies spread
+    return torch.randn(batch, vocab, generator=generator) * scale
+
+
+def _hf_decisions(logits, threshold):
+    """What the hf engine's entropy gate and statistics say about the same logits."""
+    from latentcot.sampling import distribution_stats
+    from latentcot.types import StepView
+
+    probs, entropy = distribution_stats(logits)
+    zeros = torch.zeros(len(logits), dtype=torch.long)
+    view = StepView(0, logits, entropy, torch.zeros(len(logits), 4), zeros, zeros, zeros == 0)
+    return entropy, probs.max(-1), EntropyGate(threshold)(view)
+
+
+def test_both_gate_processors_load_through_vllms_own_loaders():
+    from vllm.v1.sample.logits_processor import _load_logitsprocs_by_fqcns
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
+
+    from latentcot.backends.vllm import GateProcessor, GateProcessorV2
+
+    v1 = "latentcot.backends.vllm:GateProcessor"
+    v2 = "latentcot.backends.vllm:GateProcessorV2"
+    assert _load_logitsprocs_by_fqcns([GateProcessor, v1]) == [GateProcessor, GateProcessor]
+    assert _load_v2_logitsprocs_by_fqcns([GateProcessorV2, v2]) == [GateProcessorV2, GateProcessorV2]
+    with pytest.raises(ValueError, match="not a subclass"):  # each runner refuses the other's class
+        _load_v2_logitsprocs_by_fqcns([GateProcessor])
+    with pytest.raises(ValueError, match="not a subclass"):
+        _load_logitsprocs_by_fqcns([GateProcessorV2])
+
+
+def test_v1_and_v2_gate_processors_decide_as_the_hf_engine():
+    import numpy as np
+    from vllm.v1.sample.logits_processor import BatchUpdate
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
+
+    from latentcot.backends.vllm import RULE_KEY, GateProcessor, GateProcessorV2
+    from vllm import SamplingParams
+
+    logits = _constructed_logits()
+    entropy, (p_max, argmax), fires = _hf_decisions(logits, threshold=1.5)
+    assert 0 < int(fires.sum()) < len(logits)  # the constructed rows fall on both sides of τ
+
+    # V1: rows come and go through the persistent batch's updates; a row's step is its output length
+    v1 = GateProcessor(None, torch.device("cpu"), False)
+    outputs = [[1, 2], [3], [], [4, 5, 6]]
+    added = [(i, SamplingParams(extra_args={RULE_KEY: _rule(f"r{i}", 1.5)}), None, outputs[i]) for i in range(4)]
+    v1.update_state(BatchUpdate(batch_size=4, removed=[], added=added, moved=[]))
+    out_v1 = v1.apply(logits.clone())
+
+    # V2: rules per request slot, rows mapped to slots by the step's context; step = tokens seen - prompt
+    prompt_len = np.array([0, 5, 0, 3, 0, 9, 4, 0])
+    v2 = GateProcessorV2(None, type("ReqStates", (), {"prompt_len": type("Host", (), {"np": prompt_len})})())
+    slots = [5, 1, 6, 3]  # logits row -> request slot, as the runner reorders rows every step
+    for row, slot in enumerate(slots):
+        assert v2.add_request(slot, SamplingParams(extra_args={RULE_KEY: _rule(f"r{row}", 1.5)}))
+    assert not v2.add_request(0, SamplingParams())  # a request without a gate rule is left alone
+    seen = np.array([prompt_len[s] + len(outputs[row]) for row, s in enumerate(slots)])
+    ctx = LogitsContext(
+        expanded_idx_mapping=torch.tensor(slots),
+        idx_mapping=torch.tensor(slots),
+        idx_mapping_np=np.array(slots),
+        expanded_local_pos=torch.zeros(4, dtype=torch.long),
+        input_ids=torch.zeros(4, dtype=torch.long),
+        pos=torch.tensor(seen - 1),
+        seq_lens_upper_bound_np=seen,
+    )
+    out_v2 = v2.apply(logits.clone(), ctx)
+
+    for processor, out in ((v1, out_v1), (v2, out_v2)):
+        records = processor.take([f"r{i}" for i in range(4)])
+        for i in range(4):
+            ((step, rec),) = records[f"r{i}"].items()
+            assert step == len(outputs[i])
+            assert rec.entropy == pytest.approx(float(entropy[i]), abs=1e-6)
+            assert rec.p_max == pytest.approx(float(p_max[i]), abs=1e-6) and rec.argmax == int(argmax[i])
+            assert rec.fired == bool(fires[i])
+            if rec.fired:  # only the sentinel can be sampled; the logits are kept for the latent
+                assert torch.isinf(out[i]).sum() == out.shape[1] - 1 and out[i, 7] == 0
+                torch.testing.assert_close(rec.logits, logits[i])
+            else:
+                torch.testing.assert_close(out[i], logits[i])
+
+
+def test_the_gate_processor_follows_the_runner_vllm_will_use(saved_model, monkeypatch):
+    from latentcot.backends.vllm import VLLMEngine, runner_v2
+
+    options = dict(model=str(saved_model), enable_prompt_embeds=True, max_model_len=256, kv_cache_memory_bytes=2**28)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    assert runner_v2(options) is False
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    from vllm.triton_utils import HAS_TRITON
+
+    if HAS_TRITON:
+        assert runner_v2(options) is True
+    else:  # vLLM itself refuses Model Runner V2 here (CPU): one line, no traceback
+        backend = BackendConfig("vllm", max_model_len=256, kv_cache_gib=0.25, enforce_eager=True)
+        with pytest.raises(InputError, match="Model Runner V2 requires Triton"):
+            VLLMEngine.load(ModelConfig(str(saved_model), dtype="float32"), backend)
+
+
+def test_the_manifest_names_the_model_runner(vllm_engine):
+    assert vllm_engine.identity["model_runner"] == "v1"  # CPU: no Triton, the V1 runner

@@ -20,6 +20,10 @@ pays about S prefills of its length (O(S·L) positions instead of O(L)), unless 
 finds the prefix's full KV blocks already computed. Runs with few latent steps (high thresholds)
 are cheap; latent-only runs are a prefill per step.
 
+Model runners: vLLM picks Model Runner V2 wherever Triton runs (every GPU) and V1 elsewhere (CPU); the
+gate is installed for the runner vLLM will use (``runner_v2``): ``GateProcessorV2`` or ``GateProcessor``,
+both around one ``gate_step``. Latent steps re-prefill on both (the in-engine latent arm is not built).
+
 Supported: token, latent, entropy (caps, per-domain thresholds) and fixed gates; soft and topk-soft
 latents; greedy and sampled decoding (vLLM's sampler and seeds, so sampled tokens differ from the
 hf backend's). Refused: hidden latents, markers, --measure.
@@ -37,6 +41,7 @@ from typing import Any
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as RunnerV2LogitsProcessor
 
 from latentcot.config import BackendConfig, DecodeConfig, ModelConfig
 from latentcot.decoding import check_prompts_room, check_room, eos_token_ids, render_completion, stop_hit
@@ -84,8 +89,54 @@ class StepRecord:
     logits: torch.Tensor | None = None  # (V,) fp32 on the CPU, only when the gate fired
 
 
+def gate_step(
+    logits: torch.Tensor, index: list[int], rules: list[dict], steps: list[int], records: dict
+) -> torch.Tensor:
+    """One decode step of the rows ``index`` of ``logits`` (B, V) that carry a gate rule, each at its output
+    step ``steps[i]``: records entropy, p_max, argmax and whether the gate fired (``records[key][step]``);
+    where it fired, only the rule's sentinel token can be sampled, so the request stops at this step. The
+    same for both model runners; they differ only in how rows map to requests."""
+    picked = logits[index].float()  # (R, V)
+    probs, entropy = distribution_stats(picked)  # (R, V), (R,)
+    p_max, argmax = probs.max(dim=-1)  # (R,), (R,)
+    threshold = torch.tensor(
+        [rule["threshold"] if _allowed(rule, step) else math.inf for rule, step in zip(rules, steps)],
+        device=logits.device,
+    )  # (R,)
+    units = {rule["unit"] for rule in rules}
+    # one unit per batch in practice (one setting per generate call); mixed units take the slow path
+    scaled = (
+        entropy_in_unit(entropy, units.pop(), picked.shape[-1])
+        if len(units) == 1
+        else torch.stack([entropy_in_unit(entropy[i], rule["unit"], picked.shape[-1]) for i, rule in enumerate(rules)])
+    )
+    fired = scaled > threshold  # (R,)
+    stats = torch.stack([entropy.double(), p_max.double(), argmax.double(), fired.double()], 1).cpu().tolist()
+    fired_rows = fired.nonzero().flatten().tolist()
+    saved = dict(zip(fired_rows, picked[fired_rows].cpu().unbind(0))) if fired_rows else {}
+    for i, (rule, step, (h, pm, am, f)) in enumerate(zip(rules, steps, stats)):
+        records.setdefault(rule["key"], {})[step] = StepRecord(h, pm, int(am), bool(f), saved.get(i))
+    if fired_rows:
+        rows = torch.tensor([index[i] for i in fired_rows], device=logits.device)
+        sentinels = torch.tensor([rules[i]["sentinel"] for i in fired_rows], device=logits.device)
+        logits[rows] = -math.inf
+        logits[rows, sentinels] = 0.0
+    return logits
+
+
+def _allowed(rule: dict, step: int) -> bool:
+    """May the gate fire at this step of the request (threshold set, caps not reached)?"""
+    if rule["threshold"] is None:
+        return False
+    run = rule["latent_run"] if step == 0 else 0  # after a token step the latent run is 0
+    return (rule["max_consecutive"] is None or run < rule["max_consecutive"]) and (
+        rule["max_latent"] is None or rule["n_latent"] < rule["max_latent"]
+    )
+
+
 class GateProcessor(LogitsProcessor):
-    """Records per-step distribution statistics and ends a request with a sentinel when its gate fires."""
+    """The gate under vLLM's V1 model runner (CPU, and GPUs without Triton): rows follow the persistent
+    batch's updates; a row's step is its number of output tokens."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.rows: dict[int, tuple[dict, list[int]]] = {}  # batch index -> (rule, live output token ids)
@@ -106,62 +157,56 @@ class GateProcessor(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
-        index = list(self.rows)
-        picked = logits[index].float()  # (R, V)
-        probs, entropy = distribution_stats(picked)  # (R, V), (R,)
-        p_max, argmax = probs.max(dim=-1)  # (R,), (R,)
-        allowed = [self._allowed(rule, len(output)) for rule, output in self.rows.values()]
-        threshold = torch.tensor(
-            [rule["threshold"] if ok else math.inf for ok, (rule, _) in zip(allowed, self.rows.values())],
-            device=logits.device,
-        )  # (R,)
-        units = {rule["unit"] for rule, _ in self.rows.values()}
-        # one unit per batch in practice (one setting per generate call); mixed units take the slow path
-        scaled = (
-            entropy_in_unit(entropy, units.pop(), picked.shape[-1])
-            if len(units) == 1
-            else torch.stack(
-                [
-                    entropy_in_unit(entropy[i], rule["unit"], picked.shape[-1])
-                    for i, (rule, _) in enumerate(self.rows.values())
-                ]
-            )
-        )
-        fired = scaled > threshold  # (R,)
-        stats = torch.stack([entropy.double(), p_max.double(), argmax.double(), fired.double()], 1).cpu().tolist()
-        fired_rows = fired.nonzero().flatten().tolist()
-        saved = dict(zip(fired_rows, picked[fired_rows].cpu().unbind(0))) if fired_rows else {}
-        for i, ((rule, output), (h, pm, am, f)) in enumerate(zip(self.rows.values(), stats)):
-            self.records.setdefault(rule["key"], {})[len(output)] = StepRecord(h, pm, int(am), bool(f), saved.get(i))
-        if fired_rows:  # only the sentinel can be sampled: the request stops at this step
-            rows = torch.tensor([index[i] for i in fired_rows], device=logits.device)
-            sentinels = torch.tensor([self.rows[index[i]][0]["sentinel"] for i in fired_rows], device=logits.device)
-            logits[rows] = -math.inf
-            logits[rows, sentinels] = 0.0
-        return logits
+        rules, steps = zip(*((rule, len(output)) for rule, output in self.rows.values()))
+        return gate_step(logits, list(self.rows), list(rules), list(steps), self.records)
 
-    @staticmethod
-    def _allowed(rule: dict, step: int) -> bool:
-        """May the gate fire at this step of the request (threshold set, caps not reached)?"""
-        if rule["threshold"] is None:
-            return False
-        run = rule["latent_run"] if step == 0 else 0  # after a token step the latent run is 0
-        return (rule["max_consecutive"] is None or run < rule["max_consecutive"]) and (
-            rule["max_latent"] is None or rule["n_latent"] < rule["max_latent"]
-        )
+    def take(self, keys: Sequence[str]) -> dict[str, dict[int, StepRecord]]:
+        return {key: self.records.pop(key, {}) for key in keys}
+
+
+class GateProcessorV2(RunnerV2LogitsProcessor):
+    """The gate under Model Runner V2 (vLLM's default wherever Triton runs, i.e. on GPUs): rules are kept
+    per request slot (``add_request``); each step's ``LogitsContext`` maps rows to slots, and a row's step
+    is the tokens it sees minus its prompt. One row per request: speculative decoding is not enabled."""
+
+    def __init__(self, vllm_config, req_states):
+        self.prompt_len = req_states.prompt_len  # [max_num_reqs] on the host (.np): no device sync
+        self.slots: dict[int, dict] = {}  # request slot -> rule
+        self.records: dict[str, dict[int, StepRecord]] = {}
+
+    def add_request(self, req_idx: int, sampling_params) -> bool:
+        rule = (sampling_params.extra_args or {}).get(RULE_KEY)
+        if rule:
+            self.slots[req_idx] = rule
+        else:  # a recycled slot: forget its previous occupant
+            self.slots.pop(req_idx, None)
+        return bool(rule)
+
+    def apply(self, logits: torch.Tensor, ctx) -> torch.Tensor:
+        slots = ctx.idx_mapping_np.tolist()  # batch position (= logits row) -> request slot
+        index = [row for row, slot in enumerate(slots) if slot in self.slots]
+        if not index:
+            return logits
+        rules = [self.slots[slots[row]] for row in index]
+        seen = ctx.seq_lens_upper_bound_np  # tokens visible to the token being sampled (exact without drafts)
+        steps = [int(seen[row]) - int(self.prompt_len.np[slots[row]]) for row in index]
+        return gate_step(logits, index, rules, steps, self.records)
 
     def take(self, keys: Sequence[str]) -> dict[str, dict[int, StepRecord]]:
         return {key: self.records.pop(key, {}) for key in keys}
 
 
 class RecordsExtension:
-    """Mixed into vLLM's worker: hands over (and forgets) GateProcessor's records of some requests."""
+    """Mixed into vLLM's worker: hands over (and forgets) the gate processor's records of some requests."""
 
     def latentcot_take_records(self, keys: Sequence[str]) -> dict[str, dict[int, StepRecord]]:
-        for processor in self.model_runner.input_batch.logitsprocs.all:
-            if isinstance(processor, GateProcessor):
+        runner = self.model_runner
+        v2 = getattr(getattr(runner, "sampler", None), "logits_processors", None)  # Model Runner V2
+        processors = v2 if v2 is not None else runner.input_batch.logitsprocs.all
+        for processor in processors:
+            if isinstance(processor, (GateProcessor, GateProcessorV2)):
                 return processor.take(keys)
-        raise RuntimeError("GateProcessor is not installed in this vLLM worker")
+        raise RuntimeError("the latentcot gate processor is not installed in this vLLM worker")
 
 
 @dataclass
@@ -233,20 +278,21 @@ class VLLMEngine:
             kv_cache_gib = CPU_KV_CACHE_GIB  # vLLM's default, a fraction of all memory, rarely fits beside other work
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        engine_options = dict(
+            model=source,
+            tokenizer=resolve_source(model.tokenizer)[0] if model.tokenizer else source,
+            dtype=_dtype(model.dtype, config),
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            enable_prompt_embeds=True,
+            worker_extension_cls=f"{__name__}.RecordsExtension",
+            async_scheduling=False,
+            seed=0,
+            **{k: v for k, v in options.items() if v is not None},
+        )
         try:
-            llm = LLM(
-                model=source,
-                tokenizer=resolve_source(model.tokenizer)[0] if model.tokenizer else source,
-                dtype=_dtype(model.dtype, config),
-                revision=model.revision,
-                trust_remote_code=model.trust_remote_code,
-                enable_prompt_embeds=True,
-                logits_processors=[GateProcessor],
-                worker_extension_cls=f"{__name__}.RecordsExtension",
-                async_scheduling=False,
-                seed=0,
-                **{k: v for k, v in options.items() if v is not None},
-            )
+            processor = GateProcessorV2 if runner_v2(engine_options) else GateProcessor
+            llm = LLM(**engine_options, logits_processors=[processor])
         except (ValueError, RuntimeError, OSError) as exc:  # bad options, too little memory, unsupported model
             raise InputError(f"vLLM cannot load {model.model}: {exc}") from None
         from vllm.platforms import current_platform
@@ -258,6 +304,7 @@ class VLLMEngine:
             **config_identity(model, source, is_local, config),
             "backend": "vllm",
             "vllm_version": vllm.__version__,
+            "model_runner": "v2" if processor is GateProcessorV2 else "v1",  # which gate processor runs
             "n_parameters": _parameter_count(config),
             "vocab_size": model_config.get_vocab_size(),
             "dtype": str(model_config.dtype).removeprefix("torch."),
@@ -399,6 +446,14 @@ class VLLMEngine:
             p_token=row.p_token,
             p_max=row.p_max,
         )
+
+
+def runner_v2(engine_options: dict[str, Any]) -> bool:
+    """Whether vLLM will run these options on Model Runner V2 (its own decision: Triton available, no
+    feature V2 lacks), so the gate processor of that runner is the one installed."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return bool(EngineArgs(**engine_options).create_engine_config().use_v2_model_runner)
 
 
 def _dtype(name: str, config) -> str:
