@@ -1,9 +1,13 @@
 """The embedded default experiment: every built-in model on the task it was trained for.
 
-Per model, one run: the threshold sweep (token-only and latent-only baselines included) with the
-latent mode that suits the model — ``soft`` for a model that never saw latents, its own trained
-latent (and thought markers) for a COCONUT model, plus the decoding it was trained for (the
-``fixed`` gate) — with counterfactual measurements, so the report has every analysis to show.
+Per model, one run, decoded as prefix-shared trees: the threshold sweep (token-only and latent-only
+baselines included) with the latent mode that suits the model — ``soft`` for a model that never saw
+latents, its own trained latent (and thought markers) for a COCONUT model, plus the decoding it was
+trained for (the ``fixed`` gate); two published methods beside it (Soft Thinking, SwiReasoning), so
+the report opens with the paired method comparison; and one ablation (the same decoding with a
+``zero`` latent: does the latent's content matter?). Measured: the answer-level probe
+(``--measure rollout``) where the settings have no thought markers, the counterfactual step probe on
+the COCONUT models (a forced latent would need a marker step there).
 """
 
 from __future__ import annotations
@@ -14,11 +18,16 @@ from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.errors import InputError
 from latentcot.experiment import Plan, Setting
 from latentcot.grid import sweep_settings
+from latentcot.methods import parse_method
 from latentcot.validation import is_int, require
 from latentcot.zoo.registry import ZooModel
 
 # Trained small models are confident: most steps have H < 0.5 nats, so the grid is geometric.
 DEFAULT_THRESHOLDS = (0.01, 0.03, 0.1, 0.3, 1.0)
+# Published methods decoded beside the sweep. SwiReasoning blends thought markers into its switches only for
+# a model trained with them (the zoo's tokenizer has <bot>/<eot> whether or not a model saw them).
+METHODS = ("soft-thinking", "swir:markers=none")
+ROLLOUT = "rollout:max=2"  # two answer-level branches per trajectory, at its first token steps
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,14 @@ def demo_plan(model: ZooModel, cfg: DemoConfig) -> Plan:
     decode = DecodeConfig(max_new_tokens=cfg.max_new_tokens, markers=markers)
     latent = LatentConfig(trained.get("latent", "soft"))
     settings = list(sweep_settings(cfg.thresholds, [latent], decode))
-    if trained.get("gate") == "fixed":  # how a COCONUT model was trained to think
-        settings.append(Setting(GateConfig("fixed", k=int(trained["k"])), latent, decode))
+    if trained.get("gate") == "fixed":  # how a COCONUT model was trained to think, and its ablation
+        fixed = GateConfig("fixed", k=int(trained["k"]))
+        settings += [Setting(fixed, latent, decode), Setting(fixed, LatentConfig("zero"), decode)]
+    else:  # the ablation of the sweep's latent at its middle threshold
+        middle = cfg.thresholds[len(cfg.thresholds) // 2]
+        settings.append(Setting(GateConfig("entropy", threshold=middle), LatentConfig("zero"), decode))
+    methods = [name.replace(":markers=none", "") if markers else name for name in METHODS]
+    settings += [Setting.of_method(parse_method(name), decode) for name in methods]
     return Plan(
         model=ModelConfig(f"builtin:{model.name}", device=cfg.device),
         tasks=(model.card["task"],),
@@ -61,5 +76,5 @@ def demo_plan(model: ZooModel, cfg: DemoConfig) -> Plan:
         limit=cfg.limit,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        measure=("counterfactual",),
+        measure=("counterfactual",) if markers else (ROLLOUT,),
     )

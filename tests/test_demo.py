@@ -43,11 +43,18 @@ def test_demo_sweeps_every_builtin_model_and_writes_reports(zoo, tmp_path, capsy
         assert f"report ({name}): {out / name / 'report' / 'report.html'}" in printed
         assert (out / name / "report" / "report.html").is_file()
         manifest = json.loads((out / name / "manifest.json").read_text())
-        assert manifest["config"]["measure"] == ["counterfactual"]
+        # the answer-level probe where no thought markers are fed; the step probe on COCONUT models
+        assert manifest["config"]["measure"] == (["rollout:max=2"] if name == "adder-cot" else ["counterfactual"])
         assert manifest["config"]["prompt_file"] == str(zoo / name / "prompt.json")
-    cot = {r["setting_id"] for r in records(out / "adder-cot")}
-    assert {"token", "latent-soft-lt1"} <= cot and len(cot) == 2 + 5
+        assert "method comparison" in printed  # several methods: the report opens with the comparison
+    cot_records = records(out / "adder-cot")
+    cot = {r["setting_id"] for r in cot_records}
+    # the sweep (5 τ + both baselines), the zero-latent ablation at the middle τ, two published methods
+    assert {"token", "latent-soft-lt1", "entropy-0.1nats-zero"} <= cot and len(cot) == 2 + 5 + 1 + 2
+    assert {r["setting"].get("method") for r in cot_records} >= {"soft-thinking", "swir"}
+    assert all("rollout_changed" in r["steps"] for r in cot_records)
     coconut = records(out / "adder-coconut")
+    assert "fixed-k2-zero" in {r["setting_id"] for r in coconut}  # the ablation of the trained decoding
     fixed = [r for r in coconut if r["setting_id"] == "fixed-k2-hidden"]
     assert len(fixed) == 3
     for r in fixed:  # the trained decoding: begin marker, two latents, end marker, then tokens
