@@ -57,12 +57,15 @@ def parse(path):
 
 
 def measured_sweep() -> list[dict]:
-    """Two domains, a τ grid, baselines, counterfactual arrays and logit-lens tokens."""
+    """Two domains, a τ grid, baselines, counterfactual arrays, logit-lens tokens and answer-level branches."""
     rng = np.random.default_rng(0)
     records = []
     for r in peaked_sweep({"arithmetic": 1.0, "logic": 2.0}, [0.5, 1.0, 1.5, 2.0], n_examples=15):
         mode, h = r["steps"]["mode"], r["steps"]["entropy"]
         latent = [m == "latent" for m in mode]
+        probed = [not m and t % 2 == 0 for t, m in enumerate(latent)]  # rollout: every other token step
+        r["steps"]["rollout_changed"] = [bool(rng.uniform(0, 3) < x) if p else None for p, x in zip(probed, h)]
+        r["steps"]["rollout_correct"] = [bool(rng.uniform() < 0.5) if p else None for p in probed]
         r["steps"]["kl_counterfactual"] = [None if m else x * 0.4 + rng.normal() * 0.1 for m, x in zip(latent, h)]
         r["steps"]["latent_token_cos"] = [1 - x / 4 if m else None for m, x in zip(latent, h)]
         r["steps"]["latent_norm"] = [0.5 + x / 5 if m else None for m, x in zip(latent, h)]
@@ -76,7 +79,7 @@ def full_report(tmp_path_factory) -> ReportResult:
     run = write_run(
         tmp_path_factory.mktemp("runs") / "sweep",
         measured_sweep(),
-        {"config": {"measure": ["counterfactual"], "model": {"model": "tiny"}}},
+        {"config": {"measure": ["counterfactual", "rollout:every=2"], "model": {"model": "tiny"}}},
     )
     return write_report(run, options=FAST)
 
@@ -122,7 +125,8 @@ def test_summary_lists_key_tables_and_skips(full_report):
     ):
         assert f"## {title}" in summary
     assert "## Skipped\n\n- nothing" in summary
-    assert "measurements: counterfactual" in summary
+    assert "measurements: counterfactual, rollout:every=2" in summary
+    assert "## Answer-level loss vs entropy: trend per domain" in summary
     assert "entropy-2nats-soft-lt1" in full_report.headline and "best τ per domain" in full_report.headline
 
 
