@@ -137,6 +137,20 @@ class DecodeConfig:
         return self.temperature == 0
 
 
+# Parameters of the newer gates: in a record's setting only where they apply (settings written before them
+# keep their exact form, and resume).
+GATE_EXTRAS = (
+    "direction",
+    "window",
+    "max_switches",
+    "alpha0",
+    "beta0",
+    "cold_stop_entropy",
+    "cold_stop_steps",
+    "cold_stop_temperature",
+)
+
+
 @dataclass(frozen=True)
 class GateConfig:
     kind: str = "token"  # token | latent | entropy | fixed
@@ -204,16 +218,7 @@ class GateConfig:
             "swir": {"window": 512, "alpha0": 1.0, "beta0": 0.7},
             "cold-stop": {"cold_stop_entropy": 0.01, "cold_stop_steps": 256, "cold_stop_temperature": 0.6},
         }.get(self.kind, {})
-        for name in (
-            "direction",
-            "window",
-            "max_switches",
-            "alpha0",
-            "beta0",
-            "cold_stop_entropy",
-            "cold_stop_steps",
-            "cold_stop_temperature",
-        ):
+        for name in GATE_EXTRAS:
             value = getattr(self, name)
             allowed = name in own or (name == "max_switches" and self.kind == "swir")
             require(value is None or allowed, f"{name} does not apply to the {self.kind} gate")
@@ -327,18 +332,6 @@ def setting_of(gate: GateConfig, latent: LatentConfig, decode: DecodeConfig) -> 
         **_gate_extras(gate),
         **{f"latent_{name}": value for name, value in latent.extras().items()},
     }
-
-
-GATE_EXTRAS = (
-    "direction",
-    "window",
-    "max_switches",
-    "alpha0",
-    "beta0",
-    "cold_stop_entropy",
-    "cold_stop_steps",
-    "cold_stop_temperature",
-)
 
 
 def _gate_extras(gate: GateConfig) -> dict[str, Any]:

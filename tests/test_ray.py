@@ -38,6 +38,15 @@ def by_key(rows):
     return keyed
 
 
+def signal_when_written(driver: subprocess.Popen, samples, lines: int, signum: int) -> None:
+    """Send ``signum`` to ``driver`` once ``samples`` has ``lines`` records (the driver must still run)."""
+    deadline = time.monotonic() + 180
+    while (not samples.exists() or samples.read_bytes().count(b"\n") < lines) and time.monotonic() < deadline:
+        assert driver.poll() is None, "the driver ended before the signal; give it more work"
+        time.sleep(0.05)
+    driver.send_signal(signum)
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, saved_model):
     out = tmp_path_factory.mktemp("local") / "run"
@@ -92,11 +101,7 @@ def test_a_killed_driver_resumes_with_either_executor(local_run, saved_model, tm
     ray_args = ["--executor", "ray", "--workers", "2"]
     driver = subprocess.Popen(command + ray_args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples = out / "samples.jsonl"
-    deadline = time.monotonic() + 180
-    while (not samples.exists() or samples.read_bytes().count(b"\n") < 4) and time.monotonic() < deadline:
-        assert driver.poll() is None, "the driver ended before it could be killed"
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
+    signal_when_written(driver, samples, 4, signal.SIGKILL)
     driver.wait()
     partial = samples.read_bytes().count(b"\n")
     assert 0 < partial < len(local_run)
@@ -116,12 +121,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_a_resumable_run(saved_model, tmp_pa
     command = [sys.executable, "-m", "latentcot", "sweep", "--model", str(saved_model), *longer, "--out", str(out)]
     command += ["--executor", "ray", "--workers", "2"]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    samples = out / "samples.jsonl"
-    deadline = time.monotonic() + 180
-    while (not samples.exists() or samples.read_bytes().count(b"\n") < 2) and time.monotonic() < deadline:
-        assert driver.poll() is None, "the driver ended before it could be interrupted"
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGINT)
+    signal_when_written(driver, out / "samples.jsonl", 2, signal.SIGINT)
     _, stderr = driver.communicate(timeout=60)
     assert driver.returncode == 130 and "interrupted" in stderr and "--resume" in stderr
     manifest = json.loads((out / "manifest.json").read_text())
