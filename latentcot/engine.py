@@ -170,6 +170,7 @@ class Engine:
         # COCONUT-style gates get the markers inserted as steps of their own; a gate that blends them into
         # its inputs (SwiReasoning) asks for the mix through its state's ``marker_weight`` (B, 2) instead.
         inserted = [None if getattr(arm.gate, "blends_markers", False) else markers for arm in arms]
+        blending = markers is not None and any(getattr(arm.gate, "blends_markers", False) for arm in arms)
         marker_rows = self.table.rows(torch.tensor(markers, device=self.device)) if markers else None  # (2, D)
         latent_ids = torch.tensor(latent_ids_of(arms), device=self.device)  # (K,) arms with one latent mode share
         emits = torch.tensor([getattr(arm.latent, "emits_tokens", False) for arm in arms], device=self.device)
@@ -206,12 +207,16 @@ class Engine:
                     t, out.logits, entropy, out.hidden, sampled, live.generators, markers, cfg.max_new_tokens
                 )
                 choice = self._decide(arms, view, live, inserted)  # each (K, B): every arm's wish for every row
-                blends = torch.stack([marker_blend(state, sampled) for state in live.states])  # (K, B, 2)
-                parent = live.tree.split(input_keys(choice, latent_ids, blends), live.counters.active, max_rows)
-                if parent is not None:  # rows forked: every per-row thing follows its parent
-                    live.select(parent)
+                # (K, B, 2) the marker blend a gate asks for (SwiReasoning's switches), else None
+                blends = torch.stack([marker_blend(st, sampled) for st in live.states]) if blending else None
+                # where the arms a row carries would feed different inputs, it forks (one arm: never)
+                keys = input_keys(choice, latent_ids, blends) if len(arms) > 1 else None
+                parent = live.tree.split(keys, live.counters.active, max_rows) if keys is not None else None
+                if parent is not None:
+                    live.select(parent)  # rows forked: every per-row thing follows its parent
                     out, probs, view = _select_forward(out, parent), probs[parent], select_view(view, parent, live)
-                    choice, blends = Choice(*(f[:, parent] for f in choice)), blends[:, parent]
+                    choice = Choice(*(f[:, parent] for f in choice))
+                    blends = blends[:, parent] if blends is not None else None
                     peak_rows = max(peak_rows, len(parent))
                 step, x = self._step_inputs(arms, choice, blends, view, live, latent_ids, emits, marker_rows)
                 rows = live.counters
@@ -222,21 +227,20 @@ class Engine:
                 if cfg.stop:
                     hits = self._stop_hits(cfg.stop, step.text_token, step.is_text, rows.active, live.recent_tokens)
                     rows.end(hits, "stop")
-                last = t + 1 == cfg.max_new_tokens or not bool(rows.active.any())
+                n_active = int(rows.active.sum())  # the step's one device sync (besides sampling)
+                last = t + 1 == cfg.max_new_tokens or n_active == 0
                 step_mask = live.mask[:, : width + t + 1]
                 probe = None if last else functools.partial(forward.probe, step_mask, live.next_position)
                 for observer in live.observers:
                     observer.step(step, probe, rows.active)
                 if last:
                     break
-                finished = (~rows.active).nonzero()[:, 0]
-                if len(finished) >= max(1, len(x) // 4):  # finished rows leave the batch
+                if len(x) - n_active >= max(1, len(x) // 4):  # a quarter has finished: finished rows leave
+                    finished = (~rows.active).nonzero()[:, 0]
                     x = x[rows.active]
                     retired.append(live.retire(finished))
-                forward_rows += int(rows.active.sum())  # the rows a decode needs (waiting finished rows aside)
-                out = forward(
-                    live.mask[:, : width + t + 1], live.next_position, inputs_embeds=x[:, None]
-                )  # (after retire)
+                forward_rows += n_active  # the rows a decode needs (finished rows waiting to leave aside)
+                out = forward(live.mask[:, : width + t + 1], live.next_position, inputs_embeds=x[:, None])
                 live.next_position = live.next_position + 1
         retired.append(live.retire(torch.arange(len(live.recent_tokens), device=self.device)))
         return TreeResult(
@@ -255,14 +259,14 @@ class Engine:
         x = self.embed(fed)  # (B, D)
         if bool(is_latent.any()):
             x = torch.where(is_latent[:, None], latent_vector(), x)
-        if marker_rows is not None:  # zero blend for every gate but SwiReasoning's
+        if blends is not None:  # only gates that blend markers (SwiReasoning) ask for it
             blend = blends.gather(0, lead[None, :, None].expand(1, -1, 2))[0]  # (B, 2)
             x = (1 - blend.sum(-1, keepdim=True)).to(x.dtype) * x + blend.to(x.dtype) @ marker_rows
         return step, x
 
     def _decide(self, arms: Sequence[Arm], view: StepView, live: LiveRows, inserted) -> Choice:
         """Every arm's decision for every row, stacked (K, B); arms no row carries any more are skipped."""
-        carried = live.tree.carried.any(1).tolist()
+        carried = live.tree.carried.any(1).tolist() if len(arms) > 1 else [True]
         return Choice(*map(torch.stack, zip(*(
             live.counters.decide(arm.gate(view, live.states[k]), view.sampled, inserted[k])
             if carried[k] else idle_choice(view.sampled)

@@ -130,12 +130,12 @@ def marker_blend(state, sampled: torch.Tensor) -> torch.Tensor:
     return weight.float() if weight is not None else torch.zeros(sampled.shape[0], 2, device=sampled.device)
 
 
-def input_keys(choice: Choice, latent_ids: torch.Tensor, blends: torch.Tensor) -> torch.Tensor:
-    """(K, B, 3) fp32 naming the input each arm would feed each row: the token id, or -1 - its latent mode's
-    id (ids below 2**24 are exact in fp32), and the marker blend. Equal keys, equal inputs."""
+def input_keys(choice: Choice, latent_ids: torch.Tensor, blends: torch.Tensor | None) -> torch.Tensor:
+    """(K, B, C) fp32 naming the input each arm would feed each row: the token id, or -1 - its latent mode's
+    id (ids below 2**24 are exact in fp32), and the marker blend if any. Equal keys, equal inputs."""
     latent = -1 - latent_ids[:, None].expand_as(choice.fed)
-    code = torch.where(choice.is_latent, latent, choice.fed).float()
-    return torch.cat([code[..., None], blends.float()], -1)
+    code = torch.where(choice.is_latent, latent, choice.fed).float()[..., None]  # (K, B, 1)
+    return code if blends is None else torch.cat([code, blends.float()], -1)
 
 
 def latent_inputs(arms: Sequence[Arm], row_latent: torch.Tensor, view: StepView, table: EmbeddingTable):
