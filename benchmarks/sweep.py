@@ -12,8 +12,9 @@ over repeats. Cases:
       quantiles of its own token-mode entropies), i.e. a tree that forks a lot.
 
 Printed per case: distinct trajectories per example; forward rows shared / separate; forward rows /
-trie nodes (the rows no decoder can avoid: distinct (example, input prefix) pairs, counted from the
-records); wall time shared / separate (best of the repeats); and whether the records agree.
+trie nodes (the rows no decoder can avoid: distinct (example, input prefix) pairs of the settings'
+traces, the work units' ``plain_rows``); wall time shared / separate (best of the repeats); and whether
+the records agree.
 """
 
 from __future__ import annotations
@@ -48,17 +49,6 @@ def settings_for(taus: list[float], new_tokens: int) -> list[Setting]:
     return [Setting(g, soft if g.kind != "token" else LatentConfig(), decode) for g in gates]
 
 
-def trie_nodes(records: list[dict]) -> int:
-    """Distinct (example, prefix of inputs) pairs: one forward row each, for any decoder."""
-    nodes = set()
-    for r in records:
-        prefix: tuple = (r["task_spec"], r["example_id"])
-        for mode, token in zip(r["steps"]["mode"], r["steps"]["token_id"]):
-            nodes.add(prefix)  # the forward that computed this step's distribution
-            prefix = (*prefix, (mode, token if mode != "latent" else r["setting"]["latent"]))
-    return len(nodes)
-
-
 def decode(engine, task, examples, settings, share: bool, batch_size: int, max_rows: int):
     """What ``latentcot sweep`` does for one task, minus the run store: work units on the local executor."""
     tasks, cost, records = [(task, examples)], DecodeCost(), []
@@ -90,13 +80,12 @@ def case(name, engine, task, examples, taus, args, max_rows=None) -> None:
                 shared_cost, shared_records = cost, records
             else:
                 separate_cost, separate_records = cost, records
-    nodes = trie_nodes(shared_records)
     wall = min(times[True]) / min(times[False])
     print(
         f"{name:<44} {len(settings):>3} settings x {len(examples):>3} ex | max rows {max_rows:>4} | "
         f"trajectories/ex {shared_cost.trajectories / len(examples):5.2f} | "
         f"forward rows shared/separate {shared_cost.forward_rows / separate_cost.forward_rows:5.2f}x | "
-        f"rows/trie nodes {shared_cost.forward_rows / nodes:5.2f} | "
+        f"rows/trie nodes {shared_cost.forward_rows / shared_cost.plain_rows:5.2f} | "
         f"wall shared/separate {wall:5.2f}x ({min(times[True]):.1f} s vs {min(times[False]):.1f} s) | "
         f"records agree: {same_records(shared_records, separate_records)}"
     )

@@ -215,12 +215,13 @@ class Engine:
                 if parent is not None:
                     live.select(parent)  # rows forked: every per-row thing follows its parent
                     out, probs, view = _select_forward(out, parent), probs[parent], select_view(view, parent, live)
+                    argmax = argmax[parent]
                     choice = Choice(*(f[:, parent] for f in choice))
                     blends = blends[:, parent] if blends is not None else None
                     peak_rows = max(peak_rows, len(parent))
                 step, x = self._step_inputs(arms, choice, blends, view, live, latent_ids, emits, marker_rows)
                 rows = live.counters
-                live.log.record(step, probs, view.logits.argmax(-1), rows.active, out.loops)
+                live.log.record(step, probs, argmax, rows.active, out.loops)
                 rows.advance(step.is_latent)
                 if not cfg.ignore_eos:
                     rows.end(step.is_text & torch.isin(step.text_token, self.eos_ids), "eos")
@@ -236,13 +237,12 @@ class Engine:
                 if last:
                     break
                 if len(x) - n_active >= max(1, len(x) // 4):  # a quarter has finished: finished rows leave
-                    finished = (~rows.active).nonzero()[:, 0]
                     x = x[rows.active]
-                    retired.append(live.retire(finished))
+                    retired.append(live.retire(~rows.active))
                 forward_rows += n_active  # the rows a decode needs (finished rows waiting to leave aside)
                 out = forward(live.mask[:, : width + t + 1], live.next_position, inputs_embeds=x[:, None])
                 live.next_position = live.next_position + 1
-        retired.append(live.retire(torch.arange(len(live.recent_tokens), device=self.device)))
+        retired.append(live.retire(torch.ones_like(live.counters.active)))
         return TreeResult(
             self._collect(retired, prompts, emits.tolist()), live.tree.spilled, forward_rows,
             sum(len(r.prompt) for r in retired), peak_rows,

@@ -145,8 +145,9 @@ class LiveRows:
         self.recent_tokens = [list(self.recent_tokens[i]) for i in rows]
         self.mask, self.next_position = self.mask[index], self.next_position[index]
 
-    def retire(self, rows: torch.Tensor) -> Retired:
-        """What finished ``rows`` (an index) leave behind for their traces; then the batch drops them."""
+    def retire(self, done: torch.Tensor) -> Retired:
+        """What the rows ``done`` (B,) bool leave behind for their traces; then the batch drops them."""
+        rows, keep = done.nonzero()[:, 0], (~done).nonzero()[:, 0]
         log, observers = copy.copy(self.log), [copy.copy(o) for o in self.observers]
         for part in (log, *observers):
             part.reindex(rows)
@@ -154,7 +155,6 @@ class LiveRows:
             log, observers, self.tree.prompt[rows].tolist(), self.tree.carried[:, rows].T.tolist(),
             self.counters.finish[rows].tolist(),
         )  # fmt: skip
-        keep = (~torch.isin(torch.arange(len(self.recent_tokens), device=rows.device), rows)).nonzero()[:, 0]
         self.select(keep)
         self.tree.select(keep)
         return retired

@@ -45,9 +45,7 @@ class WriterLock:
             holder = _read_holder(fd)
             if not wait:
                 os.close(fd)
-                raise InputError(
-                    f"run directory {root} is being written by {holder}; wait for it to finish, or pass --wait"
-                ) from None
+                raise busy(root, holder) from None
             if on_wait is not None:
                 on_wait(f"waiting for {holder} to finish writing {root}")
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -72,6 +70,11 @@ class WriterLock:
 
     def release(self) -> None:
         os.close(self._fd)  # closing the descriptor releases the flock
+
+
+def busy(root: Path, holder: str) -> InputError:
+    """The refusal of a second writer."""
+    return InputError(f"run directory {root} is being written by {holder}; wait for it to finish, or pass --wait")
 
 
 def _read_holder(fd: int) -> str:
@@ -212,9 +215,7 @@ class RunStore:
             raise InputError(f"--out {root} is a file, not a directory")
         holder = None if wait else WriterLock.holder(root)
         if holder is not None:
-            raise InputError(
-                f"run directory {root} is being written by {holder}; wait for it to finish, or pass --wait"
-            )
+            raise busy(root, holder)
         if not (root.is_dir() and any(p.name != LOCK for p in root.iterdir())):
             return False
         if not resume:

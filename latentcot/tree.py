@@ -9,8 +9,9 @@ different marker or a different marker blend. A fork copies everything a row own
 rows, its RNG state (the child continues the very stream it would have had alone), its gate states,
 its history — so every arm's trace is the trace that decoding it alone gives.
 
-Memory is bounded by ``max_rows``: a fork that finds no room *spills* its arms, which are then decoded
-again from the prompt in a later batch (same seeds, so the same records); nothing waits mid-sequence.
+Memory is bounded by ``max_rows``: a fork that finds no room *spills* its arms, which the caller decodes
+again from the prompt (same seeds, so the same records; ``executors.Worker`` does it within the work unit);
+nothing waits mid-sequence.
 """
 
 from __future__ import annotations
