@@ -17,7 +17,7 @@ from latentcot.model import load_model
 from latentcot.tasks import load_task
 from latentcot.types import LATENT, MARKER, TOKEN
 from latentcot.zoo.data import Layout, encode, write_prompt_file
-from latentcot.zoo.forward import loss_of, predicting_hidden
+from latentcot.zoo.forward import loss_of, predicting_hidden, soft_inputs
 from latentcot.zoo.tiny import tiny_model
 from latentcot.zoo.tokenizer import task_tokenizer
 from latentcot.zoo.train import CHECKPOINT, LOG, TrainConfig, train
@@ -121,6 +121,51 @@ def test_latent_positions_receive_the_previous_final_hidden_state(task_and_token
 
     loss_of(model, batch).backward()  # gradients reach the embedding rows of the prompt through the latents
     assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_soft_inputs_mix_the_predicted_distribution_where_entropy_is_high(task_and_tokenizer):
+    task, tokenizer = task_and_tokenizer
+    model = tiny_model("llama", tokenizer, seed=5, hidden=32, heads=2, init_std=0.3).double()
+    examples = task.examples("train", 4, 0)
+    batch = encode(tokenizer, [task.prompt(e) for e in examples], examples, Layout("soft"))
+    ids = torch.cat([batch.prefix_ids, batch.suffix_ids], dim=1)
+    mask = torch.cat([batch.prefix_mask, batch.suffix_mask], dim=1)
+    width = batch.prefix_ids.shape[1]
+    # Independently: the plain model's distribution predicting each suffix token, and its entropy.
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    probs = torch.softmax(logits[:, width - 1 : -1], -1)  # (B, S, V)
+    entropy = -(probs * probs.log()).sum(-1)  # (B, S)
+    table = model.get_input_embeddings().weight
+    threshold = float(entropy[batch.loss_mask].median().detach())
+
+    embeds, soft = soft_inputs(model, batch, threshold)
+    assert torch.equal(soft, batch.loss_mask & (entropy > threshold)) and 0 < int(soft.sum()) < int(
+        batch.loss_mask.sum()
+    )
+    expected = table[ids].clone()
+    expected[:, width:][soft] = (probs @ table)[soft]
+    torch.testing.assert_close(embeds, expected, rtol=1e-9, atol=1e-9)
+
+    # Above every entropy nothing is soft and the forward is the plain one; below all of them every target is.
+    never = predicting_hidden(model, batch, soft_above=float("inf"))
+    torch.testing.assert_close(never, predicting_hidden(model, batch), rtol=1e-9, atol=1e-9)
+    assert torch.equal(soft_inputs(model, batch, 0.0)[1], batch.loss_mask)
+    loss_of(model, batch, soft_above=threshold).backward()
+    assert table.grad.abs().sum() > 0
+
+
+def test_soft_model_is_decoded_with_the_entropy_gate_it_was_trained_for(cot_model, tmp_path):
+    card = train(
+        TrainConfig(task=TASK, method="soft", init=str(cot_model), soft_threshold=0.2, steps=4, eval_every=2, **TINY),
+        tmp_path / "soft",
+        progress=False,
+    )
+    assert card["decode"] == {"gate": "entropy", "threshold": 0.2, "latent": "soft"}
+    assert card["config"]["hidden"] == 32 and card["method"] == "soft"
+    log = [json.loads(line) for line in (tmp_path / "soft" / LOG).read_text().splitlines()]
+    assert [line["step"] for line in log] == [2, 4] and all(0 <= line["valid_accuracy"] <= 1 for line in log)
+    with pytest.raises(InputError, match="soft_threshold"):
+        TrainConfig(task=TASK, method="soft", soft_threshold=-1)
 
 
 def test_training_lowers_loss_and_writes_checkpoint_log_card(cot_model):

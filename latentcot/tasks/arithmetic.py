@@ -11,6 +11,12 @@ carries a model must track).
 digit first (``1304`` becomes ``4031``). Small models trained from scratch learn addition much
 faster that way because each output digit then depends only on digits already produced. The
 answer is then compared as a digit string (the ``digits`` kind), since leading zeros matter.
+
+``shuffle=1`` adds the operands in a random order (drawn per problem): ``315 + 120 + 045 + 824 =``
+may be solved ``045 + 824 = 869``, ``869 + 315 = 1184``, ``1184 + 120 = 1304``. Every order is
+correct, so a model trained on such chains meets *equivalent forks*: at the start of each step it
+may pick any operand not yet added, and its next-token entropy there is high (≈ log of the
+operands left) although sampling any of them loses nothing.
 """
 
 from __future__ import annotations
@@ -23,17 +29,21 @@ from latentcot.tasks.base import GeneratorTask, Params, Problem
 
 @dataclass(frozen=True)
 class AdditionParams(Params):
-    """``n``: how many numbers (2–64); ``digits``: digits per number (1–18); ``reverse``: 0/1."""
+    """``n``: how many numbers (2–64); ``digits``: digits per number (1–18); ``reverse``: 0/1;
+    ``shuffle``: 0/1 (1: the chain adds the operands in a random order)."""
 
     task = "addition"
+    added_later = ("shuffle",)
     n: int = 4
     digits: int = 3
     reverse: int = 0
+    shuffle: int = 0
 
     def __post_init__(self) -> None:
         self._require("n", 2, 64)
         self._require("digits", 1, 18)
         self._require("reverse", 0, 1)
+        self._require("shuffle", 0, 1)
 
 
 class AdditionTask(GeneratorTask):
@@ -51,8 +61,12 @@ class AdditionTask(GeneratorTask):
         p = self.params
         numbers = [rng.randrange(10**p.digits) for _ in range(p.n)]
         operands = [self._write(x, p.digits) for x in numbers]
-        steps, total, left = [], numbers[0], operands[0]
-        for number, operand in zip(numbers[1:], operands[1:]):
+        order = list(range(p.n))
+        if p.shuffle:  # drawn after the numbers, so shuffle=0 and shuffle=1 share their questions
+            rng.shuffle(order)
+        chain = [numbers[i] for i in order]
+        steps, total, left = [], chain[0], operands[order[0]]
+        for number, operand in zip(chain[1:], [operands[i] for i in order[1:]]):
             total += number
             steps.append(f"{left} + {operand} = {self._write(total)}")
             left = self._write(total)

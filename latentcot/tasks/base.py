@@ -106,6 +106,10 @@ class Params:
     """
 
     task: ClassVar[str] = ""
+    # Parameters added after a task first shipped: written into the spec only when they differ from
+    # their default, so the spec of an existing run (which seeds every problem it generates) and the
+    # problems themselves stay what they were.
+    added_later: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> Params:
@@ -122,8 +126,9 @@ class Params:
         return cls(**values)
 
     def canonical(self) -> str:
-        """``key=value,...`` for every field, in declaration order."""
-        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+        """``key=value,...`` for every field (``added_later`` ones only when set), in declaration order."""
+        shown = [f for f in fields(self) if f.name not in self.added_later or getattr(self, f.name) != f.default]
+        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in shown)
 
     def _require(self, key: str, low: int, high: int) -> None:
         value = getattr(self, key)

@@ -9,14 +9,19 @@ Graph, by role (sizes are parameters):
 
 - the *path*: person → m1 → … → m_hops = target (``hops`` edges; the gold steps follow it:
   ``Tom is a m1.``, ``Every m1 is a m2.``, …);
-- a *dead branch* from the person: ``dead`` edges that never reach either answer;
+- *dead branches*: from each of the first ``branches`` nodes of the path (the person first), a
+  branch of ``dead`` edges that never reaches either answer. With ``branches`` ≥ 2 and ``dead`` ≥ 2
+  every step along the path has two children that both lead on, and only a look ahead to the
+  target tells which one to follow: an *uncertain fork*, where a model that cannot yet resolve it
+  spreads its next-token probability over both (COCONUT's case for a continuous thought keeping
+  several frontier nodes alive);
 - a *distractor chain* n0 → … → neg_target (``distract`` edges) that the person cannot reach;
 - up to ``extra`` random edges, each kept only if the graph stays acyclic, the negative target
   stays unreachable and the shortest route to the target stays exactly ``hops`` long (tiny
   graphs may have room for fewer).
 
-So ``hops`` is the reasoning depth, and the number of facts is ``hops + dead + distract`` plus
-the extra edges. ``prosqa:hops=2,dead=0,distract=1,extra=0`` gives three-fact problems that a
+So ``hops`` is the reasoning depth, and the number of facts is ``hops + branches·dead + distract``
+plus the extra edges. ``prosqa:hops=2,dead=0,distract=1,extra=0`` gives three-fact problems that a
 tiny model can learn on a CPU; the defaults give eight facts.
 
 Examples carry the COCONUT ProsQA fields in ``meta`` (``edges``, ``root``, ``target``,
@@ -35,19 +40,23 @@ from latentcot.tasks.words import CONCEPTS, PEOPLE
 
 @dataclass(frozen=True)
 class ProsQAParams(Params):
-    """``hops``: path length to the target; ``dead``/``distract``: branch lengths; ``extra``."""
+    """``hops``: path length to the target; ``dead``/``distract``: branch lengths; ``extra``;
+    ``branches``: how many path nodes (from the person on) start a dead branch."""
 
     task = "prosqa"
+    added_later = ("branches",)
     hops: int = 3
     dead: int = 1
     distract: int = 2
     extra: int = 2
+    branches: int = 1
 
     def __post_init__(self) -> None:
         self._require("hops", 1, 32)
         self._require("dead", 0, 32)
         self._require("distract", 1, 32)
         self._require("extra", 0, 64)
+        self._require("branches", 1, self.hops)
 
 
 def reachable(edges: list[tuple[int, int]], start: int) -> set[int]:
@@ -86,15 +95,19 @@ class ProsQATask(GeneratorTask):
 
     def make(self, rng: random.Random) -> Problem:
         p = self.params
-        count = 1 + p.hops + p.dead + p.distract + 1
+        dead_nodes = p.branches * p.dead
+        count = 1 + p.hops + dead_nodes + p.distract + 1
         symbols = [rng.choice(PEOPLE)] + rng.sample(CONCEPTS, count - 1)
         order = list(range(count))
         rng.shuffle(order)  # node ids by role -> index in idx_to_symbol
         root = order[0]
         path = [root] + order[1 : 1 + p.hops]
-        dead = [root] + order[1 + p.hops : 1 + p.hops + p.dead]
-        chain = order[1 + p.hops + p.dead :]
-        edges = [e for line in (path, dead, chain) for e in zip(line, line[1:])]
+        first_dead = 1 + p.hops
+        dead = [
+            [path[i]] + order[first_dead + i * p.dead : first_dead + (i + 1) * p.dead] for i in range(p.branches)
+        ]
+        chain = order[first_dead + dead_nodes :]
+        edges = [e for line in (path, *dead, chain) for e in zip(line, line[1:])]
         target, neg_target = path[-1], chain[-1]
         self._add_extra(rng, edges, root, target, neg_target)
         rng.shuffle(edges)

@@ -19,7 +19,8 @@ from latentcot.validation import is_int, is_number, require, require_choice
 if TYPE_CHECKING:  # latentcot.types imports torch
     from latentcot.types import Example
 
-METHODS = ("cot", "nocot", "coconut")
+METHODS = ("cot", "nocot", "coconut", "soft")
+INIT_METHODS = ("coconut", "soft")  # methods that may start from a trained cot model
 LR_DECAYS = ("none", "cosine")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 POSITIVE_INTS = (
@@ -91,7 +92,7 @@ def parse_arch_spec(spec: str) -> dict:
 class Layout:
     """How one batch of examples is laid out: the method and its curriculum stage."""
 
-    method: str  # cot | nocot | coconut
+    method: str  # cot | nocot | coconut | soft (laid out as cot; the forward mixes in soft inputs)
     stage: int = 0  # coconut: how many leading steps are replaced by latents
     c: int = 1  # coconut: latent positions per replaced step
     max_stage: int = 1  # coconut: at this stage every step is replaced
@@ -139,8 +140,11 @@ class TrainConfig:
         help="Registered task (name or name:key=value,...), e.g. addition:n=4,digits=2,reverse=1, "
         "or a .json/.jsonl file."
     )
-    method: str = described(help="cot (steps, then answer) | nocot (answer only) | coconut (latent curriculum).")
-    init: str | None = described(None, "coconut: the cot model directory to start from (required).")
+    method: str = described(
+        help="cot (steps, then answer) | nocot (answer only) | coconut (latent curriculum) | "
+        "soft (cot whose uncertain steps are fed soft inputs, see --soft-threshold)."
+    )
+    init: str | None = described(None, "coconut (required) | soft: the cot model directory to start from.")
     arch: str = described(
         "llama",
         "gpt2 | llama | qwen2 | looped:k=K,L=L[,prelude=P,coda=C,inject=add,random=1,"
@@ -164,6 +168,11 @@ class TrainConfig:
     max_stage: int | None = described(None, "coconut: last stage, all steps latent (default: the task's step count).")
     start_stage: int = described(1, "coconut: first stage trained (0 = markers only).")
     mix_prob: float = described(0.0, "coconut: chance a batch uses a random earlier stage (against forgetting).")
+    soft_threshold: float = described(
+        0.3,
+        "soft: a completion position whose predicted distribution has entropy above this (nats) is fed "
+        "that distribution's mixture of embeddings instead of the gold token (decoded the same way).",
+    )
     reset_optimizer: bool = described(True, "coconut: fresh optimizer state at each stage, as in the paper.", cli=False)
     seed: int = described(0, "Seed of the init, the data order and stage mixing.")
     device: str = described("cpu", "cpu | cuda | cuda:N.")
@@ -190,7 +199,7 @@ class TrainConfig:
             self.method != "coconut" or self.init is not None,
             "--method coconut needs --init DIR, a cot model of the same task to start from",
         )
-        require(self.method == "coconut" or self.init is None, "--init only applies to --method coconut")
+        require(self.method in INIT_METHODS or self.init is None, "--init only applies to --method coconut or soft")
         if self.init is not None:  # one spelling per directory ("m/" is "m"), so --resume compares like with like
             require(isinstance(self.init, (str, Path)) and str(self.init).strip(), "--init must name a directory")
             object.__setattr__(self, "init", str(Path(self.init)))
@@ -198,12 +207,15 @@ class TrainConfig:
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an integer >= 1")
         require(self.hidden % self.heads == 0, f"hidden {self.hidden} is not divisible by heads {self.heads}")
         require(
-            all(is_number(getattr(self, n)) for n in ("lr", "grad_clip", "weight_decay", "dropout", "mix_prob")),
-            "lr, grad_clip, weight_decay, dropout and mix_prob must be numbers",
+            all(
+                is_number(getattr(self, n))
+                for n in ("lr", "grad_clip", "weight_decay", "dropout", "mix_prob", "soft_threshold")
+            ),
+            "lr, grad_clip, weight_decay, dropout, mix_prob and soft_threshold must be numbers",
         )
         require(
-            self.lr > 0 and self.grad_clip > 0 and self.weight_decay >= 0,
-            "lr and grad_clip must be > 0, weight_decay >= 0",
+            self.lr > 0 and self.grad_clip > 0 and self.weight_decay >= 0 and self.soft_threshold >= 0,
+            "lr and grad_clip must be > 0, weight_decay and soft_threshold >= 0",
         )
         require(is_int(self.warmup) and self.warmup >= 0, "warmup must be an integer >= 0")
         require_choice(self.tokenizer, TOKENIZER_KINDS, "tokenizer")
@@ -241,6 +253,8 @@ class TrainConfig:
 
     def decode(self, stage: int) -> dict:
         """How a model of this config at ``stage`` is decoded (the card's ``decode``)."""
+        if self.method == "soft":
+            return {"gate": "entropy", "threshold": self.soft_threshold, "latent": "soft"}
         if self.method != "coconut":
             return {"gate": "token"}
         return {"gate": "fixed", "k": stage * self.c, "latent": "hidden", "markers": list(MARKERS)}

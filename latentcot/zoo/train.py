@@ -1,4 +1,5 @@
-"""Train a zoo model: ``cot`` (steps then answer), ``nocot`` (answer only), ``coconut`` (latent curriculum).
+"""Train a zoo model: ``cot`` (steps then answer), ``nocot`` (answer only), ``coconut`` (latent curriculum),
+``soft`` (cot fed soft inputs at its uncertain steps, see :func:`latentcot.zoo.forward.soft_inputs`).
 
 Fresh examples from the task's train split every step (the data of step t is a pure function of
 (seed, t), so a resumed run sees exactly the batches an uninterrupted one would). Validation
@@ -197,7 +198,7 @@ def evaluate(model, tokenizer, task, examples, decode: dict, batch_size: int = 1
     """Greedy accuracy on ``examples`` through the engine, decoded as ``decode`` says."""
     was_training = model.training
     model.eval()
-    gate = make_gate(GateConfig(decode["gate"], k=decode.get("k")))
+    gate = make_gate(GateConfig(decode["gate"], k=decode.get("k"), threshold=decode.get("threshold")))
     latent = make_latent(LatentConfig(decode.get("latent", "hidden")))
     longest = max(len(tokenizer(Layout("cot").completion(e))["input_ids"]) for e in examples)
     cfg = DecodeConfig(
@@ -294,7 +295,8 @@ def train(
         ).to(cfg.device)
         # a looped model may draw its loop count per step (seeded by step, so resume draws the same)
         looping = {"looping": LoopConfig(training_loops(model.config, cfg.seed, step))} if is_looped(model) else {}
-        loss = loss_of(model, batch, **looping)
+        soft = {"soft_above": cfg.soft_threshold} if cfg.method == "soft" else {}
+        loss = loss_of(model, batch, **soft, **looping)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
