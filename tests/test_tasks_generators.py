@@ -94,6 +94,34 @@ def test_addition_answers_equal_python_sum(n, digits, reverse):
         assert example.steps[-1].endswith(f"= {example.answer}")
 
 
+@pytest.mark.parametrize("n,digits,reverse", [(5, 1, 1), (4, 2, 0)])
+def test_shuffled_addition_adds_every_operand_once_in_a_random_order(n, digits, reverse):
+    read = (lambda s: int(s[::-1])) if reverse else int
+    orders = set()
+    for example in load_task(f"addition:n={n},digits={digits},reverse={reverse},shuffle=1").examples("test", 60, 0):
+        operands = example.question.removesuffix(" =").split(" + ")
+        parsed = [re.fullmatch(r"(\d+) \+ (\d+) = (\d+)", step).groups() for step in example.steps]
+        used = [parsed[0][0]] + [right for _, right, _ in parsed]
+        assert sorted(used) == sorted(operands)  # each operand exactly once (as a multiset)
+        running = read(used[0])
+        for (left, right, total), operand in zip(parsed, used[1:]):
+            assert read(left) == running
+            running += read(operand)
+            assert read(total) == running
+        assert read(example.answer) == sum(read(o) for o in operands) == running
+        orders.add(tuple(used) == tuple(operands))
+    assert False in orders  # chains leave the question's order
+
+
+def test_parameters_added_later_stay_out_of_the_spec_until_set():
+    assert load_task("addition:n=4,digits=2,reverse=1").spec == "addition:n=4,digits=2,reverse=1"
+    assert load_task("addition:shuffle=0").spec == load_task("addition").spec
+    assert load_task("addition:shuffle=1").spec.endswith(",shuffle=1")
+    assert load_task("prosqa:branches=1").spec == "prosqa:hops=3,dead=1,distract=2,extra=2"
+    # the spec seeds the problems: an old spec still yields the problems it always did
+    assert load_task("prosqa:branches=1").examples("test", 5, 0) == load_task("prosqa").examples("test", 5, 0)
+
+
 def test_addition_reverse_writes_least_significant_digit_first():
     plain = load_task("addition:n=2,digits=3").examples("test", 20, 0)
     flipped = load_task("addition:n=2,digits=3,reverse=1").examples("test", 20, 0)
@@ -232,7 +260,12 @@ def _bfs(graph, start):
 
 @pytest.mark.parametrize(
     "spec,hops",
-    [("prosqa", 3), ("prosqa:hops=5,dead=3,distract=3,extra=6", 5), ("prosqa:hops=2,dead=0,distract=1,extra=0", 2)],
+    [
+        ("prosqa", 3),
+        ("prosqa:hops=5,dead=3,distract=3,extra=6", 5),
+        ("prosqa:hops=2,dead=0,distract=1,extra=0", 2),
+        ("prosqa:hops=3,dead=2,distract=1,extra=2,branches=3", 3),
+    ],
 )
 def test_prosqa_answers_match_an_independent_graph_search(spec, hops):
     for example in load_task(spec).examples("test", 40, 0):
@@ -259,6 +292,19 @@ def test_prosqa_meta_is_the_coconut_graph_of_the_question():
         assert {(names[u], names[v]) for u, v in m["edges"]} == {(a, b) for a, bs in graph.items() for b in bs}
         assert example.answer == f"{person} is a {names[m['target']]}."
         assert names[m["neg_target"]] in example.question.rsplit("Is", 1)[1]
+
+
+def test_prosqa_branches_give_every_path_step_a_second_child_that_leads_nowhere():
+    for example in load_task("prosqa:hops=3,dead=2,distract=1,extra=0,branches=3").examples("test", 30, 0):
+        person, options, graph = _prosqa_parse(example.question)
+        assert example.question.count(" is a ") == 3 + 3 * 2 + 1
+        node = person
+        for step in example.steps:
+            sup = re.fullmatch(r"(?:Every )?\w+ is a (\w+)\.", step).group(1)
+            (dead,) = graph[node] - {sup}  # exactly two children: the gold one and a dead branch
+            assert dead in graph, "the dead child leads on, so only looking ahead separates the two"
+            assert not set(options) & set(_bfs(graph, dead)), "a dead branch reaches neither answer"
+            node = sup
 
 
 def test_prosqa_small_parameter_set_gives_three_facts():
