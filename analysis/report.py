@@ -21,6 +21,7 @@ from latentcot.errors import InputError
 from .compare import method_comparison_figure
 from .load import Run, load_run
 from .loops import loops_figure
+from .overview import overview
 from .plots import (
     accuracy_entropy_figure,
     answer_loss_figure,
@@ -79,6 +80,7 @@ class ReportResult:
     figures: Mapping[str, tuple[Path, Path]]  # figure name -> (PNG, SVG)
     skipped: tuple[str, ...]  # what the run's contents left out, one line each
     headline: str  # fixed-width text of the key numbers, for a terminal
+    overview: pd.DataFrame  # one row per domain (see analysis.overview), also written as overview.csv
 
 
 def pick_traces(samples: pd.DataFrame, n: int = 3) -> pd.DataFrame:
@@ -308,7 +310,9 @@ def write_report(
     figures, figure_skips = build_figures(run, tables, options)
     rendered = {name: render_figure(fig) for name, fig in figures.items()}
     skipped = [*tables.skipped, *figure_skips]
+    first_look = overview(run.samples, run.steps, tables)
     csvs = {name: frame.to_csv(index=False) for name, frame in tables.items()}
+    csvs["overview"] = first_look.to_csv(index=False)
     files = [f"{n}.csv" for n in csvs] + [f"{n}.{ext}" for n in rendered for ext in ("png", "svg")]
     summary = summary_markdown(run, tables, skipped, options, ["report.html", *files])
     page = report_html(
@@ -328,5 +332,12 @@ def write_report(
     (out / "summary.md").write_text(summary, encoding="utf-8")
     (out / "report.html").write_text(page, encoding="utf-8")
     return ReportResult(
-        out, out / "summary.md", out / "report.html", table_paths, figure_paths, tuple(skipped), headline_text(tables)
+        out,
+        out / "summary.md",
+        out / "report.html",
+        table_paths,
+        figure_paths,
+        tuple(skipped),
+        headline_text(tables),
+        first_look,
     )

@@ -295,7 +295,9 @@ def demo(
         reports.append((name, write_report(run_dir)))
     for name, report in reports:
         typer.echo(f"\n== builtin:{name}\n{report.headline}")
-    typer.echo("")
+    overview = demos.overview_of([(name, report.overview) for name, report in reports])
+    overview.to_csv(root / "overview.csv", index=False)
+    typer.echo(f"\n== per model and domain (overview.csv)\n{demos.overview_text(overview)}\n")
     for name, report in reports:
         typer.echo(f"report ({name}): {report.html}")
 

@@ -12,7 +12,10 @@ the COCONUT models (a forced latent would need a marker step there).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import pandas as pd
 
 from latentcot.config import DecodeConfig, GateConfig, LatentConfig, ModelConfig
 from latentcot.errors import InputError
@@ -78,3 +81,18 @@ def demo_plan(model: ZooModel, cfg: DemoConfig) -> Plan:
         seed=cfg.seed,
         measure=("counterfactual",) if markers else (ROLLOUT,),
     )
+
+
+def overview_of(reports: Sequence[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Each model's report overview (one row per domain), with the model's name first."""
+    frames = [frame.assign(model=name)[["model", *frame.columns]] for name, frame in reports]
+    return pd.concat(frames, ignore_index=True)
+
+
+def overview_text(overview: pd.DataFrame) -> str:
+    """The demo's last table: per model and domain, how uncertain token CoT is (share of steps above
+    0.3 nats), the best other setting against it, the best τ and the answer-level slope."""
+    from latentcot.analysis.overview import overview_display
+    from latentcot.analysis.render import text_table
+
+    return text_table(overview_display(overview))

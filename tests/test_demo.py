@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -47,6 +48,12 @@ def test_demo_sweeps_every_builtin_model_and_writes_reports(zoo, tmp_path, capsy
         assert manifest["config"]["measure"] == (["rollout:max=2"] if name == "adder-cot" else ["counterfactual"])
         assert manifest["config"]["prompt_file"] == str(zoo / name / "prompt.json")
         assert "method comparison" in printed  # several methods: the report opens with the comparison
+    overview = list(csv.DictReader((out / "overview.csv").open()))
+    assert [(row["model"], row["domain"]) for row in overview] == [
+        ("adder-coconut", "arithmetic"),
+        ("adder-cot", "arithmetic"),
+    ]
+    assert "per model and domain" in printed and "uncertain_steps" in printed
     cot_records = records(out / "adder-cot")
     cot = {r["setting_id"] for r in cot_records}
     # the sweep (5 τ + both baselines), the zero-latent ablation at the middle τ, two published methods

@@ -103,9 +103,7 @@ class ProsQATask(GeneratorTask):
         root = order[0]
         path = [root] + order[1 : 1 + p.hops]
         first_dead = 1 + p.hops
-        dead = [
-            [path[i]] + order[first_dead + i * p.dead : first_dead + (i + 1) * p.dead] for i in range(p.branches)
-        ]
+        dead = [[path[i]] + order[first_dead + i * p.dead : first_dead + (i + 1) * p.dead] for i in range(p.branches)]
         chain = order[first_dead + dead_nodes :]
         edges = [e for line in (path, *dead, chain) for e in zip(line, line[1:])]
         target, neg_target = path[-1], chain[-1]

@@ -1,0 +1,98 @@
+"""The first look at a run, one row per domain: how uncertain token CoT is, which setting does best
+against it, the best entropy threshold and how answer-level loss grows with entropy.
+
+Built from tables :func:`latentcot.analysis.compute_tables` already made (nothing is estimated
+twice); the demo prints these rows for every built-in model, so that the question the toolkit
+exists for (does entropy predict what sampling loses, and must τ differ by domain?) is answered
+on one screen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+UNCERTAIN_NATS = 0.3  # a step above this entropy counts as uncertain (a real fork, not rounding noise)
+COLUMNS = [
+    "domain",
+    "token_accuracy",
+    "uncertain_steps",  # share of token-CoT steps with H > UNCERTAIN_NATS
+    "best_setting",  # highest accuracy among the other settings (methods, thresholds, ablations)
+    "best_accuracy",
+    "diff",  # its paired accuracy difference to token CoT
+    "p_value",  # exact McNemar
+    "best_tau",
+    "tau_lo",  # bootstrap interval of the best τ
+    "tau_hi",
+    "tau_accuracy",
+    "p_changed",  # answer-level probe: P(the answer changes when a token step becomes latent)
+    "slope",  # P(change) per nat, with its cluster-bootstrap interval
+    "slope_lo",
+    "slope_hi",
+]
+DISPLAY = ["domain", "token_accuracy", "uncertain_steps", "best_setting", "best_accuracy", "diff", "p_value"]
+
+
+def uncertain_share(samples: pd.DataFrame, steps: pd.DataFrame, domain: str) -> float:
+    """Share of the token-CoT setting's steps in ``domain`` whose entropy is above UNCERTAIN_NATS."""
+    token = samples.loc[(samples["domain"] == domain) & (samples["gate"] == "token"), "setting_id"].unique()
+    entropy = steps.loc[(steps["domain"] == domain) & steps["setting_id"].isin(token), "entropy"]
+    return float((entropy > UNCERTAIN_NATS).mean()) if len(entropy) else np.nan
+
+
+def _best(table: pd.DataFrame, domain: str, by: list[str], exclude: str | None = None) -> pd.Series | None:
+    rows = table[table["domain"] == domain] if not table.empty else table
+    if exclude is not None and not rows.empty:
+        rows = rows[rows["method"] != exclude]
+    return None if rows.empty else rows.sort_values(by, ascending=False, kind="stable").iloc[0]
+
+
+def overview(samples: pd.DataFrame, steps: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per domain with COLUMNS (missing where the run lacks the settings or measurements)."""
+    rows = []
+    for domain in sorted(samples["domain"].unique()):
+        token = samples[(samples["domain"] == domain) & (samples["gate"] == "token")]
+        row: dict = {"domain": domain, "token_accuracy": token["correct"].mean() if len(token) else np.nan}
+        row["uncertain_steps"] = uncertain_share(samples, steps, domain)
+        best = _best(tables["method_comparison"], domain, ["accuracy"], exclude="token")
+        if best is not None:
+            row |= {
+                "best_setting": best["setting_id"],
+                "best_accuracy": best["accuracy"],
+                "diff": best["diff"],
+                "p_value": best["p_value"],
+            }
+        tau = _best(tables["best_threshold"], domain, ["accuracy"])
+        if tau is not None:
+            row |= {
+                "best_tau": tau["best_threshold"],
+                "tau_lo": tau["threshold_lo"],
+                "tau_hi": tau["threshold_hi"],
+                "tau_accuracy": tau["accuracy"],
+            }
+        trend = tables["answer_loss_trend"]
+        trend = trend[trend["domain"] == domain] if not trend.empty else trend
+        if not trend.empty:
+            first = trend.iloc[0]
+            row |= {k: first[k] for k in ("p_changed", "slope", "slope_lo", "slope_hi")}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def overview_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reader's columns, intervals joined: ``best τ [lo, hi]`` and ``slope [lo, hi]``."""
+    from .render import format_value
+
+    shown = frame[[c for c in ["model", *DISPLAY] if c in frame.columns]].copy()
+    shown["best τ [CI]"] = [
+        "–" if pd.isna(t) else f"{format_value(t)} [{format_value(lo)}, {format_value(hi)}]"
+        for t, lo, hi in zip(frame["best_tau"], frame["tau_lo"], frame["tau_hi"])
+    ]
+    shown["P(change)"] = frame["p_changed"]
+    shown["slope/nat [CI]"] = [
+        "–" if pd.isna(s) else f"{format_value(s)} [{format_value(lo)}, {format_value(hi)}]"
+        for s, lo, hi in zip(frame["slope"], frame["slope_lo"], frame["slope_hi"])
+    ]
+    return shown
