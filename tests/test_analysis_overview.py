@@ -21,7 +21,8 @@ def test_each_domain_gets_its_token_uncertainty_best_setting_and_best_tau():
     table = first_look(records)
     assert list(table.index) == ["arith", "logic"]
     for domain, peak in (("arith", 1.0), ("logic", 2.0)):
-        token = [e for r in records if r["domain"] == domain and r["setting_id"] == "token" for e in r["steps"]["entropy"]]
+        mine = [r for r in records if r["domain"] == domain and r["setting_id"] == "token"]
+        token = [e for r in mine for e in r["steps"]["entropy"]]
         row = table.loc[domain]
         assert row["uncertain_steps"] == np.mean(np.array(token) > UNCERTAIN_NATS)  # counted independently
         assert row["token_accuracy"] == 0.5

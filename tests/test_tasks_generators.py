@@ -104,7 +104,7 @@ def test_shuffled_addition_adds_every_operand_once_in_a_random_order(n, digits, 
         used = [parsed[0][0]] + [right for _, right, _ in parsed]
         assert sorted(used) == sorted(operands)  # each operand exactly once (as a multiset)
         running = read(used[0])
-        for (left, right, total), operand in zip(parsed, used[1:]):
+        for (left, _, total), operand in zip(parsed, used[1:]):
             assert read(left) == running
             running += read(operand)
             assert read(total) == running
