@@ -21,7 +21,7 @@ def accuracy(model, n: int = N) -> float:
     task = load_task(model.card["task"], str(model.path / "prompt.json"))
     examples = task.examples("test", n, 0)
     trained = model.card.get("decode") or {"gate": "token"}
-    gate = GateConfig("fixed", k=trained["k"]) if trained["gate"] == "fixed" else GateConfig("token")
+    gate = GateConfig(trained["gate"], k=trained.get("k"), threshold=trained.get("threshold"))
     markers = tuple(trained["markers"]) if trained.get("markers") else None
     traces = Engine(loaded.model, loaded.tokenizer).generate(
         [task.prompt(e) for e in examples],
@@ -69,3 +69,25 @@ def test_a_coconut_model_beats_the_nocot_model_of_its_task():
     assert coconut.card["decode"]["gate"] == "fixed" and coconut.card["decode"]["k"] >= 1
     assert coconut.card["params"] == nocot.card["params"]
     assert accuracy(coconut) >= accuracy(nocot)  # and on the reduced test set, measured now
+
+
+def test_coconut_table_script_prints_each_member_of_a_family_with_its_interval():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    family = "prosqa-2hop"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "coconut_table.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--family", family, "--limit", "20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert set(rows) == {f"{family}-{m}" for m in ("nocot", "cot", "coconut")}
+    assert "gate=fixed,k=2,latent=hidden" in rows[f"{family}-coconut"] and "97.0 %" in rows[f"{family}-coconut"]
+    for line in rows.values():  # accuracy, then a Wilson interval around it
+        accuracy, low, high = (float(x.strip("[],%")) for x in line.split()[-5:-2])
+        assert low <= accuracy <= high
