@@ -272,8 +272,12 @@ def demo(
         None, "--out", "-o", help="Demo directory, one run per model (default runs/demo-<date>-<time>)."
     ),
     limit: int = typer.Option(100, "--limit", "-n", min=1, help="Test examples per model."),
-    batch_size: int = typer.Option(50, min=1, help="Examples decoded together."),
-    max_new_tokens: int = typer.Option(160, min=1, help="Generated positions per example."),
+    batch_size: int = typer.Option(100, min=1, help="Examples decoded together."),
+    max_new_tokens: int | None = typer.Option(
+        None,
+        min=1,
+        help="Generated positions per example (default: 1.5 × each model's longest gold solution + its latents + 8).",
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo directory."),
 ) -> None:
@@ -373,11 +377,12 @@ def list_models_command() -> None:
             str(m.card.get("task", "?")),
             str(m.card.get("method", "?")),
             _accuracy_text(m.card),
+            m.budget,
             m.status,
         )
         for m in models
     ]
-    header = ("model", "origin", "task", "method", "test acc", "status")
+    header = ("model", "origin", "task", "method", "test acc", "trained (steps × batch)", "status")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -30,37 +30,62 @@ DEFAULT_THRESHOLDS = (0.01, 0.03, 0.1, 0.3, 1.0)
 # Published methods decoded beside the sweep. SwiReasoning blends thought markers into its switches only for
 # a model trained with them (the zoo's tokenizer has <bot>/<eot> whether or not a model saw them).
 METHODS = ("soft-thinking", "swir:markers=none")
-ROLLOUT = "rollout:max=2"  # two answer-level branches per trajectory, at its first token steps
+# Answer-level branches at a trajectory's first four token steps: in the zoo's fork tasks these include the
+# first fork (the first operand; the first node after the person) and steps without any uncertainty.
+ROLLOUT = "rollout:max=4"
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     limit: int = 100  # test examples per model
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    max_new_tokens: int = 160  # room for a char-level chain of thought, markers and latents
-    batch_size: int = 50
+    max_new_tokens: int | None = None  # None: each model's room (see `room`)
+    batch_size: int = 100  # the whole default test set in one batch (forks of the trees share it)
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self):
         require(
-            all(is_int(n) and n >= 1 for n in (self.limit, self.batch_size, self.max_new_tokens)),
+            all(is_int(n) and n >= 1 for n in (self.limit, self.batch_size, self.max_new_tokens or 1)),
             "demo limit, batch size and max new tokens must be integers >= 1",
         )
 
 
 def demo_models(models: list[ZooModel]) -> list[ZooModel]:
-    """The built-in models that can take part: complete, and with a card naming their task."""
-    chosen = [m for m in models if m.origin == "built-in" and not m.missing and m.card.get("task")]
+    """The built-in models that take part: complete, with a card naming their task, and not kept out of
+    the demo by their card (``"demo": false``: models kept for other studies)."""
+    chosen = [
+        m
+        for m in models
+        if m.origin == "built-in" and not m.missing and m.card.get("task") and m.card.get("demo", True)
+    ]
     if not chosen:
         raise InputError("no built-in model is available for the demo (`latentcot models` lists the zoo)")
     return chosen
 
 
+def room(model: ZooModel, limit: int, seed: int = 0) -> int:
+    """Generated positions for ``model`` on its first ``limit`` test problems: 1.5 × the longest gold
+    completion (chain of thought and answer line, in its own tokens), plus its trained latents and
+    markers, plus 8. Latent-only settings never emit an end token, so this bounds what they cost."""
+    from latentcot.config import ModelConfig as Source
+    from latentcot.model import load_tokenizer
+    from latentcot.tasks import load_task
+    from latentcot.zoo.settings import Layout
+
+    tokenizer = load_tokenizer(str(model.path), Source(str(model.path)))
+    task = load_task(model.card["task"], str(model.path / model.card.get("prompt", "prompt.json")))
+    texts = [Layout("cot").completion(e) for e in task.examples("test", limit, seed)]
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    trained = model.card.get("decode") or {}
+    return (3 * longest + 1) // 2 + int(trained.get("k") or 0) + 2 * bool(trained.get("markers")) + 8
+
+
 def demo_plan(model: ZooModel, cfg: DemoConfig) -> Plan:
     trained = model.card.get("decode") or {"gate": "token"}
     markers = tuple(trained["markers"]) if trained.get("markers") else None
-    decode = DecodeConfig(max_new_tokens=cfg.max_new_tokens, markers=markers)
+    max_new_tokens = cfg.max_new_tokens or room(model, cfg.limit, cfg.seed)
+    decode = DecodeConfig(max_new_tokens=max_new_tokens, markers=markers)
     latent = LatentConfig(trained.get("latent", "soft"))
     settings = list(sweep_settings(cfg.thresholds, [latent], decode))
     if trained.get("gate") == "fixed":  # how a COCONUT model was trained to think, and its ablation

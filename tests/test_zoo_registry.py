@@ -38,6 +38,16 @@ def test_models_lists_user_models_with_status(home, capsys):
     assert "incomplete: no weights, tokenizer" in half
 
 
+def test_a_cards_training_budget_counts_every_curriculum_stage(tmp_path):
+    def budget(card):
+        return registry.ZooModel("m", "user", tmp_path, card).budget
+
+    config = {"method": "coconut", "steps": 600, "batch_size": 64, "max_stage": 3, "start_stage": 1}
+    assert budget({"config": config, "train_seconds": 1500}) == "1800 × 64, 25 min"
+    assert budget({"config": {**config, "method": "cot"}, "train_seconds": 90}) == "600 × 64, 2 min"
+    assert budget({"config": config}) == budget({}) == "-"  # a card that does not say
+
+
 def test_builtin_name_loads_a_user_model(home, tmp_path):
     assert registry.resolve("my-adder") == home / "models" / "my-adder"
     out = tmp_path / "run"

@@ -48,6 +48,18 @@ class ZooModel:
         return lacks
 
     @property
+    def budget(self) -> str:
+        """What training it took, from the card: optimizer steps (over every curriculum stage), examples
+        per step and wall time, e.g. ``2500 × 64, 13 min``; ``-`` when the card does not say."""
+        config, seconds = self.card.get("config") or {}, self.card.get("train_seconds")
+        steps, batch = config.get("steps"), config.get("batch_size")
+        if not (isinstance(steps, int) and isinstance(batch, int) and isinstance(seconds, (int, float))):
+            return "-"
+        if config.get("method") == "coconut" and isinstance(config.get("max_stage"), int):
+            steps *= config["max_stage"] - int(config.get("start_stage", 1)) + 1
+        return f"{steps} × {batch}, {seconds / 60:.0f} min"
+
+    @property
     def status(self) -> str:
         return "ready" if not self.missing else "incomplete: no " + ", ".join(self.missing)
 
