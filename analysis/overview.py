@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .answer_loss import probed_steps
+
 UNCERTAIN_NATS = 0.3  # a step above this entropy counts as uncertain (a real fork, not rounding noise)
 COLUMNS = [
     "domain",
@@ -31,6 +33,8 @@ COLUMNS = [
     "slope",  # P(change) per nat, with its cluster-bootstrap interval
     "slope_lo",
     "slope_hi",
+    "uncertain_probes",  # probed token steps above UNCERTAIN_NATS
+    "delta_uncertain",  # their mean change in correctness, latent branch minus the record (> 0: sampling lost)
 ]
 DISPLAY = ["domain", "token_accuracy", "uncertain_steps", "best_setting", "best_accuracy", "diff", "p_value"]
 
@@ -51,7 +55,7 @@ def _best(table: pd.DataFrame, domain: str, by: list[str], exclude: str | None =
 
 def overview(samples: pd.DataFrame, steps: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per domain with COLUMNS (missing where the run lacks the settings or measurements)."""
-    rows = []
+    rows, probed = [], probed_steps(samples, steps)
     for domain in sorted(samples["domain"].unique()):
         token = samples[(samples["domain"] == domain) & (samples["gate"] == "token")]
         row: dict = {"domain": domain, "token_accuracy": token["correct"].mean() if len(token) else np.nan}
@@ -77,6 +81,8 @@ def overview(samples: pd.DataFrame, steps: pd.DataFrame, tables: Mapping[str, pd
         if not trend.empty:
             first = trend.iloc[0]
             row |= {k: first[k] for k in ("p_changed", "slope", "slope_lo", "slope_hi")}
+            uncertain = probed[(probed["domain"] == domain) & (probed["entropy"] > UNCERTAIN_NATS)]
+            row |= {"uncertain_probes": len(uncertain), "delta_uncertain": uncertain["delta_correct"].mean()}
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -95,4 +101,6 @@ def overview_display(frame: pd.DataFrame) -> pd.DataFrame:
         "–" if pd.isna(s) else f"{format_value(s)} [{format_value(lo)}, {format_value(hi)}]"
         for s, lo, hi in zip(frame["slope"], frame["slope_lo"], frame["slope_hi"])
     ]
+    pairs = zip(frame["delta_uncertain"], frame["uncertain_probes"])
+    shown["Δcorrect at H>0.3 (n)"] = ["–" if pd.isna(d) else f"{d:+.3g} ({int(n)})" for d, n in pairs]
     return shown

@@ -29,7 +29,7 @@ def test_each_domain_gets_its_token_uncertainty_best_setting_and_best_tau():
         assert row["best_tau"] == peak and row["tau_accuracy"] == 0.9
         assert row["best_setting"] == setting("entropy", peak)[0] and row["best_accuracy"] == 0.9
         assert row["diff"] == 0.9 - 0.5  # paired with token CoT on the same 40 examples
-    assert table[["p_changed", "slope"]].isna().all().all()  # no answer-level probe in this run
+    assert table[["p_changed", "slope", "delta_uncertain"]].isna().all().all()  # no answer-level probe in this run
 
 
 def test_a_run_without_token_cot_or_thresholds_leaves_those_cells_empty():
@@ -39,3 +39,24 @@ def test_a_run_without_token_cot_or_thresholds_leaves_those_cells_empty():
     assert np.isnan(row["token_accuracy"]) and np.isnan(row["uncertain_steps"]) and np.isnan(row["best_tau"])
     shown = overview_display(table.reset_index())
     assert shown.loc[0, "best τ [CI]"] == "–" and shown.loc[0, "slope/nat [CI]"] == "–"
+
+
+def test_answer_level_columns_average_the_probes_above_the_uncertainty_line():
+    # Token CoT, all correct; at the uncertain step (0.9 nats) the latent branch is wrong in 3 of 8 records,
+    # at the certain one (0.1) it never changes anything. A step with no probe (None) is not counted.
+    records = [
+        record(
+            setting("token"),
+            "arith",
+            f"e{i}",
+            True,
+            [0.1, 0.9, 1.2],
+            rollout_changed=[False, i < 3, None],
+            rollout_correct=[True, i >= 3, None],
+        )
+        for i in range(8)
+    ]
+    row = first_look(records).loc["arith"]
+    assert row["uncertain_probes"] == 8 and row["delta_uncertain"] == -3 / 8
+    assert row["p_changed"] == 3 / 16 and row["slope"] > 0  # changes only at the higher entropy
+    assert row["uncertain_steps"] == 2 / 3
