@@ -347,7 +347,7 @@ def train(
         "options (--steps, --device and --save-dtype may change).",
     ),
 ) -> None:
-    """Train a small model on a task (cot, nocot or COCONUT); write weights, prompt.json, train_log.jsonl, card.json."""
+    """Train a small model on a task (cot, nocot, COCONUT or soft inputs); write weights, prompt.json, train_log.jsonl, card.json."""
     from latentcot.zoo.train import default_out
     from latentcot.zoo.train import train as train_model
 

@@ -40,10 +40,33 @@ def test_builtin_model_is_complete_and_matches_its_card(name):
     assert abs(measured - model.card["test_accuracy"]) < 0.08, (measured, model.card["test_accuracy"])
 
 
-def test_the_cot_model_solves_its_task():
-    cot = [m for m in BUILTIN.values() if m.card.get("method") == "cot"]
+def test_the_cot_models_without_uncertain_forks_solve_their_tasks():
+    cot = [m for m in BUILTIN.values() if m.card.get("method") == "cot" and m.card.get("forks") != "uncertain"]
     assert cot, "no built-in CoT model"
     assert all(m.card["test_accuracy"] >= 0.9 and accuracy(m) >= 0.9 for m in cot)
+
+
+def uncertain_share(model, n: int = N) -> float:
+    """Share of token-CoT decoding steps (greedy, n test problems) whose next-token entropy is above 0.3 nats."""
+    loaded = load_model(ModelConfig(f"builtin:{model.name}", device="cpu"))
+    task = load_task(model.card["task"], str(model.path / "prompt.json"))
+    traces = Engine(loaded.model, loaded.tokenizer).generate(
+        [task.prompt(e) for e in task.examples("test", n, 0)],
+        make_gate(GateConfig("token")),
+        make_latent(LatentConfig("soft")),
+        DecodeConfig(max_new_tokens=96, stop=task.stop),
+    )
+    entropies = [h for t in traces for h in t.entropy]
+    return sum(h > 0.3 for h in entropies) / len(entropies)
+
+
+def test_fork_families_have_both_kinds_of_fork_and_a_latent_twin():
+    forks = {m.card["forks"]: m for m in BUILTIN.values() if m.card.get("forks") and m.card["method"] == "cot"}
+    assert set(forks) == {"equivalent", "uncertain"}
+    for cot in forks.values():  # the target: token CoT is uncertain at >= 10 % of its steps
+        assert uncertain_share(cot) >= 0.10, cot.name
+        twins = [m for m in BUILTIN.values() if m.card["task"] == cot.card["task"] and m.card["method"] != "cot"]
+        assert {"coconut", "soft"} & {m.card["method"] for m in twins}, f"{cot.name} has no latent-trained twin"
 
 
 def test_a_coconut_model_beats_the_nocot_model_of_its_task():
