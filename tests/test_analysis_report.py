@@ -87,7 +87,7 @@ def full_report(tmp_path_factory) -> ReportResult:
 def test_report_writes_every_table_and_figure(full_report):
     out = full_report.out_dir
     assert out.name == "report" and full_report.summary == out / "summary.md"
-    assert set(full_report.tables) == set(TABLE_TITLES)
+    assert set(full_report.tables) == {*TABLE_TITLES, "overview"}  # overview.csv: the first look, one row per domain
     assert set(full_report.figures) == set(FIGURE_TITLES) - LOOPED_ONLY
     for name, path in full_report.tables.items():
         assert list(pd.read_csv(path).columns), name

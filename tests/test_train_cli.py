@@ -31,6 +31,7 @@ OPTIONS = {
     "--layers",
     "--heads",
     "--tokenizer",
+    "--soft-threshold",
     "--lr",
     "--warmup",
     "--decay",
