@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .answer_loss import probed_steps
+from .compare import mcnemar_p
 
 UNCERTAIN_NATS = 0.3  # a step above this entropy counts as uncertain (a real fork, not rounding noise)
 COLUMNS = [
@@ -35,6 +36,9 @@ COLUMNS = [
     "slope_hi",
     "uncertain_probes",  # probed token steps above UNCERTAIN_NATS
     "delta_uncertain",  # their mean change in correctness, latent branch minus the record (> 0: sampling lost)
+    "gained",  # probes there where only the latent branch is right
+    "lost",  # probes there where only the sampled record is right
+    "delta_p",  # exact sign test of gained vs lost (McNemar's; probes of one record are not independent)
 ]
 DISPLAY = ["domain", "token_accuracy", "uncertain_steps", "best_setting", "best_accuracy", "diff", "p_value"]
 
@@ -82,7 +86,14 @@ def overview(samples: pd.DataFrame, steps: pd.DataFrame, tables: Mapping[str, pd
             first = trend.iloc[0]
             row |= {k: first[k] for k in ("p_changed", "slope", "slope_lo", "slope_hi")}
             uncertain = probed[(probed["domain"] == domain) & (probed["entropy"] > UNCERTAIN_NATS)]
-            row |= {"uncertain_probes": len(uncertain), "delta_uncertain": uncertain["delta_correct"].mean()}
+            gained, lost = int((uncertain["delta_correct"] > 0).sum()), int((uncertain["delta_correct"] < 0).sum())
+            row |= {
+                "uncertain_probes": len(uncertain),
+                "delta_uncertain": uncertain["delta_correct"].mean(),
+                "gained": gained,
+                "lost": lost,
+                "delta_p": mcnemar_p(gained, lost),
+            }
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -101,6 +112,8 @@ def overview_display(frame: pd.DataFrame) -> pd.DataFrame:
         "–" if pd.isna(s) else f"{format_value(s)} [{format_value(lo)}, {format_value(hi)}]"
         for s, lo, hi in zip(frame["slope"], frame["slope_lo"], frame["slope_hi"])
     ]
-    pairs = zip(frame["delta_uncertain"], frame["uncertain_probes"])
-    shown["Δcorrect at H>0.3 (n)"] = ["–" if pd.isna(d) else f"{d:+.3g} ({int(n)})" for d, n in pairs]
+    cells = zip(frame["delta_uncertain"], frame["uncertain_probes"], frame["delta_p"])
+    shown["Δcorrect at H>0.3 (n, p)"] = [
+        "–" if pd.isna(d) else f"{d:+.3g} ({int(n)}, {format_value(p)})" for d, n, p in cells
+    ]
     return shown

@@ -58,5 +58,6 @@ def test_answer_level_columns_average_the_probes_above_the_uncertainty_line():
     ]
     row = first_look(records).loc["arith"]
     assert row["uncertain_probes"] == 8 and row["delta_uncertain"] == -3 / 8
+    assert (row["gained"], row["lost"]) == (0, 3) and row["delta_p"] == 2 * 0.5**3  # exact two-sided
     assert row["p_changed"] == 3 / 16 and row["slope"] > 0  # changes only at the higher entropy
     assert row["uncertain_steps"] == 2 / 3
