@@ -6,7 +6,7 @@ A family is the built-in models named ``<family>-<method>`` (cot, nocot, coconut
 the first ``--limit`` test problems of its card's task greedily, with its card's decoding (token CoT,
 no CoT, COCONUT's k latents between its markers, or the entropy gate it was trained with), through the
 engine that ``latentcot run`` uses. Prints accuracy with its 95 % Wilson interval per model and, for
-reference, the paper's ProsQA figures (GPT-2: CoT 77.5 %, no-CoT 76.7 %, COCONUT 97.0 %).
+reference, the paper's ProsQA figures (GPT-2: CoT 77.5 %, no-CoT 76.7 %, COCONUT 97.0 %) beside a ProsQA family.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
     rows = [(member, zoo[f"{args.family}-{member}"]) for member in MEMBERS if f"{args.family}-{member}" in zoo]
     if not rows:
         raise SystemExit(f"no built-in model named {args.family}-<{'|'.join(MEMBERS)}> (`latentcot models`)")
+    paper = PAPER if args.family.startswith("prosqa") else {}  # the paper's figures are ProsQA's
     print(f"{'model':<32} {'decoding':<34} {'accuracy':>8}  95 % Wilson      paper (GPT-2)")
     for member, model in rows:
         card = model.card
@@ -43,7 +44,7 @@ def main() -> None:
         correct = round(accuracy * len(examples))
         lo, hi = (float(v) for v in wilson_interval(correct, len(examples)))
         decoding = ",".join(f"{k}={v}" for k, v in card["decode"].items() if k != "markers")
-        print(f"{model.name:<32} {decoding:<34} {accuracy:>8.1%}  [{lo:.1%}, {hi:.1%}]  {PAPER.get(member, '–')}")
+        print(f"{model.name:<32} {decoding:<34} {accuracy:>8.1%}  [{lo:.1%}, {hi:.1%}]  {paper.get(member, '–')}")
 
 
 if __name__ == "__main__":
