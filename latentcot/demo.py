@@ -1,4 +1,5 @@
-"""The embedded default experiment: every built-in model on the task it was trained for.
+"""The embedded default experiment: the built-in models (those whose card does not keep them out: the
+fork families) on the task each was trained for.
 
 Per model, one run, decoded as prefix-shared trees: the threshold sweep (token-only and latent-only
 baselines included) with the latent mode that suits the model — ``soft`` for a model that never saw
@@ -7,7 +8,8 @@ trained for (the ``fixed`` gate); two published methods beside it (Soft Thinking
 the report opens with the paired method comparison; and one ablation (the same decoding with a
 ``zero`` latent: does the latent's content matter?). Measured: the answer-level probe
 (``--measure rollout``) where the settings have no thought markers, the counterfactual step probe on
-the COCONUT models (a forced latent would need a marker step there).
+the COCONUT models (a forced latent would need a marker step there). The demo ends with every model's
+first look per domain (``latentcot.analysis.overview``), one table.
 """
 
 from __future__ import annotations
@@ -68,12 +70,11 @@ def room(model: ZooModel, limit: int, seed: int = 0) -> int:
     """Generated positions for ``model`` on its first ``limit`` test problems: 1.5 × the longest gold
     completion (chain of thought and answer line, in its own tokens), plus its trained latents and
     markers, plus 8. Latent-only settings never emit an end token, so this bounds what they cost."""
-    from latentcot.config import ModelConfig as Source
     from latentcot.model import load_tokenizer
     from latentcot.tasks import load_task
     from latentcot.zoo.settings import Layout
 
-    tokenizer = load_tokenizer(str(model.path), Source(str(model.path)))
+    tokenizer = load_tokenizer(str(model.path), ModelConfig(str(model.path)))
     task = load_task(model.card["task"], str(model.path / model.card.get("prompt", "prompt.json")))
     texts = [Layout("cot").completion(e) for e in task.examples("test", limit, seed)]
     longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
