@@ -16,6 +16,7 @@ import pandas as pd
 
 from .answer_loss import probed_steps
 from .compare import mcnemar_p
+from .render import _interval, format_value
 
 UNCERTAIN_NATS = 0.3  # a step above this entropy counts as uncertain (a real fork, not rounding noise)
 COLUMNS = [
@@ -43,18 +44,12 @@ COLUMNS = [
 DISPLAY = ["domain", "token_accuracy", "uncertain_steps", "best_setting", "best_accuracy", "diff", "p_value"]
 
 
-def uncertain_share(samples: pd.DataFrame, steps: pd.DataFrame, domain: str) -> float:
-    """Share of the token-CoT setting's steps in ``domain`` whose entropy is above UNCERTAIN_NATS."""
-    token = samples.loc[(samples["domain"] == domain) & (samples["gate"] == "token"), "setting_id"].unique()
-    entropy = steps.loc[(steps["domain"] == domain) & steps["setting_id"].isin(token), "entropy"]
-    return float((entropy > UNCERTAIN_NATS).mean()) if len(entropy) else np.nan
-
-
-def _best(table: pd.DataFrame, domain: str, by: list[str], exclude: str | None = None) -> pd.Series | None:
+def _most_accurate(table: pd.DataFrame, domain: str, exclude: str | None = None) -> pd.Series | None:
+    """The row of ``domain`` with the highest accuracy (the first of ties), leaving out method ``exclude``."""
     rows = table[table["domain"] == domain] if not table.empty else table
     if exclude is not None and not rows.empty:
         rows = rows[rows["method"] != exclude]
-    return None if rows.empty else rows.sort_values(by, ascending=False, kind="stable").iloc[0]
+    return None if rows.empty else rows.sort_values("accuracy", ascending=False, kind="stable").iloc[0]
 
 
 def overview(samples: pd.DataFrame, steps: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -63,8 +58,9 @@ def overview(samples: pd.DataFrame, steps: pd.DataFrame, tables: Mapping[str, pd
     for domain in sorted(samples["domain"].unique()):
         token = samples[(samples["domain"] == domain) & (samples["gate"] == "token")]
         row: dict = {"domain": domain, "token_accuracy": token["correct"].mean() if len(token) else np.nan}
-        row["uncertain_steps"] = uncertain_share(samples, steps, domain)
-        best = _best(tables["method_comparison"], domain, ["accuracy"], exclude="token")
+        entropy = steps.loc[(steps["domain"] == domain) & steps["setting_id"].isin(token["setting_id"]), "entropy"]
+        row["uncertain_steps"] = float((entropy > UNCERTAIN_NATS).mean()) if len(entropy) else np.nan
+        best = _most_accurate(tables["method_comparison"], domain, exclude="token")
         if best is not None:
             row |= {
                 "best_setting": best["setting_id"],
@@ -72,7 +68,7 @@ def overview(samples: pd.DataFrame, steps: pd.DataFrame, tables: Mapping[str, pd
                 "diff": best["diff"],
                 "p_value": best["p_value"],
             }
-        tau = _best(tables["best_threshold"], domain, ["accuracy"])
+        tau = _most_accurate(tables["best_threshold"], domain)
         if tau is not None:
             row |= {
                 "best_tau": tau["best_threshold"],
@@ -98,20 +94,17 @@ def overview(samples: pd.DataFrame, steps: pd.DataFrame, tables: Mapping[str, pd
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _with_interval(values: pd.Series, los: pd.Series, his: pd.Series) -> list[str]:
+    """``value [lo, hi]`` per row, ``–`` where the value is missing."""
+    return ["–" if pd.isna(v) else f"{format_value(v)} {_interval(lo, hi)}" for v, lo, hi in zip(values, los, his)]
+
+
 def overview_display(frame: pd.DataFrame) -> pd.DataFrame:
     """The reader's columns, intervals joined: ``best τ [lo, hi]`` and ``slope [lo, hi]``."""
-    from .render import format_value
-
     shown = frame[[c for c in ["model", *DISPLAY] if c in frame.columns]].copy()
-    shown["best τ [CI]"] = [
-        "–" if pd.isna(t) else f"{format_value(t)} [{format_value(lo)}, {format_value(hi)}]"
-        for t, lo, hi in zip(frame["best_tau"], frame["tau_lo"], frame["tau_hi"])
-    ]
+    shown["best τ [CI]"] = _with_interval(frame["best_tau"], frame["tau_lo"], frame["tau_hi"])
     shown["P(change)"] = frame["p_changed"]
-    shown["slope/nat [CI]"] = [
-        "–" if pd.isna(s) else f"{format_value(s)} [{format_value(lo)}, {format_value(hi)}]"
-        for s, lo, hi in zip(frame["slope"], frame["slope_lo"], frame["slope_hi"])
-    ]
+    shown["slope/nat [CI]"] = _with_interval(frame["slope"], frame["slope_lo"], frame["slope_hi"])
     cells = zip(frame["delta_uncertain"], frame["uncertain_probes"], frame["delta_p"])
     shown["Δcorrect at H>0.3 (n, p)"] = [
         "–" if pd.isna(d) else f"{d:+.3g} ({int(n)}, {format_value(p)})" for d, n, p in cells

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from latentcot.looping import entropy_of
 from latentcot.zoo.data import Batch
 
 
@@ -52,7 +53,7 @@ def soft_inputs(model, batch: Batch, threshold: float, **model_kwargs) -> tuple[
         )
         logits = model.get_output_embeddings()(hidden[:, prefix_width - 1 : -1])  # (B, S, V)
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-        entropy = -(logp.exp() * logp).sum(-1)  # (B, S)
+        entropy = entropy_of(logp)  # (B, S)
         soft = batch.loss_mask & (entropy > threshold)  # (B, S)
     embeds = table(ids)  # (B, P + S, D)
     mixed = logp.exp().to(embeds.dtype) @ table.weight  # (B, S, D); gradients reach the embedding table
