@@ -7,6 +7,7 @@ Optional engines are imported only when asked for, so latentcot works without th
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -73,12 +74,34 @@ def unsupported(
                 "the vllm backend builds plain soft and topk-soft latents only (no min_p or emitted tokens; "
                 "use --backend hf)"
             )
-        if setting.gate.kind != "token" and setting.latent.kind not in ("soft", "topk-soft"):
+        if setting.gate.kind != "token" and setting.latent.kind not in vllm_latent_modes():
+            where = "on this machine (vLLM's V1 model runner)" if not expects_runner_v2() else "inside vLLM"
             return (
-                f"--latent {setting.latent.kind} is not supported by the vllm backend, which builds soft and "
-                f"topk-soft latents only (use --latent soft or --backend hf)"
+                f"--latent {setting.latent.kind} is not supported by the vllm backend, which builds "
+                f"{', '.join(vllm_latent_modes())} latents {where} (use --latent soft or --backend hf)"
             )
     return None
+
+
+def vllm_latent_modes() -> tuple[str, ...]:
+    """The latent modes the vllm backend builds with the model runner vLLM will pick on this machine:
+    in-engine on Model Runner V2 (GPUs), soft mixtures re-prefilled as prompt embeddings on V1 (CPU)."""
+    from latentcot.backends.vllm_latent import IN_ENGINE_LATENTS
+
+    return IN_ENGINE_LATENTS if expects_runner_v2() else ("soft", "topk-soft")
+
+
+def expects_runner_v2() -> bool:
+    """vLLM's own rule, before a model is loaded: VLLM_USE_V2_MODEL_RUNNER if set, else whether Triton
+    has a backend here. The loaded engine's decision is final (``VLLMEngine.check_latent``)."""
+    forced = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")
+    if forced is not None:
+        return forced.strip().lower() in ("1", "true")
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    from vllm.triton_utils import HAS_TRITON
+
+    return bool(HAS_TRITON)
 
 
 def check_available(backend: BackendConfig) -> None:

@@ -32,6 +32,7 @@ hf backend's). Refused: hidden latents, markers, --measure.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -53,7 +54,8 @@ from latentcot.types import LATENT, TOKEN, EmbeddingTable, StepView, Trace
 from vllm import LLM, SamplingParams
 
 RULE_KEY = "latentcot_gate"  # key of the gate rule in SamplingParams.extra_args
-TAKE_RECORDS = "latentcot_take_records"  # the worker method added by RecordsExtension
+TAKE_RECORDS = "latentcot_take_records"  # the worker methods added by RecordsExtension
+TAKE_RECOMPUTED = "latentcot_take_recomputed"
 CPU_KV_CACHE_GIB = 2.0  # KV cache on a CPU machine when no memory option is given
 
 
@@ -91,17 +93,19 @@ class StepRecord:
 
 def gate_step(
     logits: torch.Tensor, index: list[int], rules: list[dict], steps: list[int], records: dict
-) -> torch.Tensor:
+) -> tuple[list[int], torch.Tensor]:
     """One decode step of the rows ``index`` of ``logits`` (B, V) that carry a gate rule, each at its output
     step ``steps[i]``: records entropy, p_max, argmax and whether the gate fired (``records[key][step]``);
-    where it fired, only the rule's sentinel token can be sampled, so the request stops at this step. The
-    same for both model runners; they differ only in how rows map to requests."""
+    where it fired, only the rule's sentinel token can be sampled. A re-prefill rule's sentinel is a stop
+    token, so the request ends there; an in-engine rule's sentinel is the placeholder that the latent
+    replaces, and a token step may never sample it. Updates the rules' latent counters in place. Returns
+    the positions (in ``index``) that fired and the fp32 logits (R, V) the gate saw. The same for both
+    model runners; they differ only in how rows map to requests."""
     picked = logits[index].float()  # (R, V)
     probs, entropy = distribution_stats(picked)  # (R, V), (R,)
     p_max, argmax = probs.max(dim=-1)  # (R,), (R,)
     threshold = torch.tensor(
-        [rule["threshold"] if _allowed(rule, step) else math.inf for rule, step in zip(rules, steps)],
-        device=logits.device,
+        [rule["threshold"] if _allowed(rule) else math.inf for rule in rules], device=logits.device
     )  # (R,)
     units = {rule["unit"] for rule in rules}
     # one unit per batch in practice (one setting per generate call); mixed units take the slow path
@@ -113,23 +117,31 @@ def gate_step(
     fired = scaled > threshold  # (R,)
     stats = torch.stack([entropy.double(), p_max.double(), argmax.double(), fired.double()], 1).cpu().tolist()
     fired_rows = fired.nonzero().flatten().tolist()
-    saved = dict(zip(fired_rows, picked[fired_rows].cpu().unbind(0))) if fired_rows else {}
+    # a re-prefill row's latent is built by the driver from these logits; an in-engine row's, in the worker
+    kept = [i for i in fired_rows if not rules[i].get("in_engine")]
+    saved = dict(zip(kept, picked[kept].cpu().unbind(0))) if kept else {}
     for i, (rule, step, (h, pm, am, f)) in enumerate(zip(rules, steps, stats)):
         records.setdefault(rule["key"], {})[step] = StepRecord(h, pm, int(am), bool(f), saved.get(i))
+        rule["n_latent"] += int(f)
+        rule["latent_run"] = rule["latent_run"] + 1 if f else 0
+    fired_set = set(fired_rows)
+    reserved = [i for i, rule in enumerate(rules) if rule.get("in_engine") and i not in fired_set]
+    if reserved:  # the placeholder marks latent steps only
+        rows = torch.tensor([index[i] for i in reserved], device=logits.device)
+        logits[rows, torch.tensor([rules[i]["sentinel"] for i in reserved], device=logits.device)] = -math.inf
     if fired_rows:
         rows = torch.tensor([index[i] for i in fired_rows], device=logits.device)
         sentinels = torch.tensor([rules[i]["sentinel"] for i in fired_rows], device=logits.device)
         logits[rows] = -math.inf
         logits[rows, sentinels] = 0.0
-    return logits
+    return fired_rows, picked
 
 
-def _allowed(rule: dict, step: int) -> bool:
+def _allowed(rule: dict) -> bool:
     """May the gate fire at this step of the request (threshold set, caps not reached)?"""
     if rule["threshold"] is None:
         return False
-    run = rule["latent_run"] if step == 0 else 0  # after a token step the latent run is 0
-    return (rule["max_consecutive"] is None or run < rule["max_consecutive"]) and (
+    return (rule["max_consecutive"] is None or rule["latent_run"] < rule["max_consecutive"]) and (
         rule["max_latent"] is None or rule["n_latent"] < rule["max_latent"]
     )
 
@@ -150,7 +162,7 @@ class GateProcessor(LogitsProcessor):
             self.rows,
             batch_update,
             lambda params, _prompt, output: (
-                (params.extra_args or {}).get(RULE_KEY) and (params.extra_args[RULE_KEY], output)
+                (params.extra_args or {}).get(RULE_KEY) and (dict(params.extra_args[RULE_KEY]), output)
             ),
         )
 
@@ -158,7 +170,10 @@ class GateProcessor(LogitsProcessor):
         if not self.rows:
             return logits
         rules, steps = zip(*((rule, len(output)) for rule, output in self.rows.values()))
-        return gate_step(logits, list(self.rows), list(rules), list(steps), self.records)
+        fired, _ = gate_step(logits, list(self.rows), list(rules), list(steps), self.records)
+        if any(rules[i].get("in_engine") for i in fired):  # V1 has no model state to feed a latent
+            raise RuntimeError("in-engine latent steps need Model Runner V2; the V1 runner re-prefills instead")
+        return logits
 
     def take(self, keys: Sequence[str]) -> dict[str, dict[int, StepRecord]]:
         return {key: self.records.pop(key, {}) for key in keys}
@@ -171,13 +186,14 @@ class GateProcessorV2(RunnerV2LogitsProcessor):
 
     def __init__(self, vllm_config, req_states):
         self.prompt_len = req_states.prompt_len  # [max_num_reqs] on the host (.np): no device sync
-        self.slots: dict[int, dict] = {}  # request slot -> rule
+        self.slots: dict[int, dict] = {}  # request slot -> rule (its own copy: the counters change)
         self.records: dict[str, dict[int, StepRecord]] = {}
+        self.latent_arm = None  # the in-engine latent arm's model state, when the model has one
 
     def add_request(self, req_idx: int, sampling_params) -> bool:
         rule = (sampling_params.extra_args or {}).get(RULE_KEY)
         if rule:
-            self.slots[req_idx] = rule
+            self.slots[req_idx] = dict(rule)
         else:  # a recycled slot: forget its previous occupant
             self.slots.pop(req_idx, None)
         return bool(rule)
@@ -190,7 +206,18 @@ class GateProcessorV2(RunnerV2LogitsProcessor):
         rules = [self.slots[slots[row]] for row in index]
         seen = ctx.seq_lens_upper_bound_np  # tokens visible to the token being sampled (exact without drafts)
         steps = [int(seen[row]) - int(self.prompt_len.np[slots[row]]) for row in index]
-        return gate_step(logits, index, rules, steps, self.records)
+        fired, picked = gate_step(logits, index, rules, steps, self.records)
+        in_engine = [i for i in fired if rules[i].get("in_engine")]
+        if in_engine:
+            if self.latent_arm is None:
+                raise RuntimeError("an in-engine latent step was asked of a model without latentcot's model state")
+            self.latent_arm.write_latents(
+                [index[i] for i in in_engine],
+                [slots[index[i]] for i in in_engine],
+                picked[in_engine],
+                [rules[i] for i in in_engine],
+            )
+        return logits
 
     def take(self, keys: Sequence[str]) -> dict[str, dict[int, StepRecord]]:
         return {key: self.records.pop(key, {}) for key in keys}
@@ -207,6 +234,13 @@ class RecordsExtension:
             if isinstance(processor, (GateProcessor, GateProcessorV2)):
                 return processor.take(keys)
         raise RuntimeError("the latentcot gate processor is not installed in this vLLM worker")
+
+    def latentcot_take_recomputed(self, keys: Sequence[str]) -> list[str]:
+        """Which of these requests vLLM preempted and recomputed (in-engine latent arm only)."""
+        seen = getattr(getattr(self.model_runner, "model_state", None), "recomputed", set())
+        taken = [key for key in keys if key in seen]
+        seen.difference_update(taken)
+        return taken
 
 
 @dataclass
@@ -253,6 +287,8 @@ class VLLMEngine:
         gen = llm.llm_engine.model_config.try_get_generation_config() or {}
         self.eos_ids = eos_token_ids(tokenizer, gen.get("eos_token_id"))
         self.sentinel = self.eos_ids[0] if self.eos_ids else 0  # ends a request; EOS ends it anyway
+        self.in_engine = identity.get("latent_steps") == "in-engine"
+        self.placeholder = placeholder_token(tokenizer, vocab, self.eos_ids)  # stands for a latent in-engine
         self._keys = itertools.count()  # request keys unique within this engine
 
     @classmethod
@@ -291,7 +327,13 @@ class VLLMEngine:
             **{k: v for k, v in options.items() if v is not None},
         )
         try:
-            processor = GateProcessorV2 if runner_v2(engine_options) else GateProcessor
+            v2 = runner_v2(engine_options)
+            if v2:  # latent steps inside the engine: latentcot's twin of the architecture, no prompt embeddings
+                from latentcot.backends.vllm_latent import latent_architecture
+
+                engine_options["hf_overrides"] = {"architectures": [latent_architecture(config.architectures)]}
+                engine_options["enable_prompt_embeds"] = False
+            processor = GateProcessorV2 if v2 else GateProcessor
             llm = LLM(**engine_options, logits_processors=[processor])
         except (ValueError, RuntimeError, OSError) as exc:  # bad options, too little memory, unsupported model
             raise InputError(f"vLLM cannot load {model.model}: {exc}") from None
@@ -304,7 +346,8 @@ class VLLMEngine:
             **config_identity(model, source, is_local, config),
             "backend": "vllm",
             "vllm_version": vllm.__version__,
-            "model_runner": "v2" if processor is GateProcessorV2 else "v1",  # which gate processor runs
+            "model_runner": "v2" if v2 else "v1",  # which gate processor runs
+            "latent_steps": "in-engine" if v2 else "re-prefill",  # how a latent reaches the model
             "n_parameters": _parameter_count(config),
             "vocab_size": model_config.get_vocab_size(),
             "dtype": str(model_config.dtype).removeprefix("torch."),
@@ -336,13 +379,15 @@ class VLLMEngine:
         if cfg.markers is not None:
             raise InputError("--markers is not supported by the vllm backend (use --backend hf)")
         rule = gate_rule(gate)
-        if rule["threshold"] is not None and not isinstance(latent, (SoftLatent, TopKSoftLatent)):
-            raise InputError("the vllm backend builds soft and topk-soft latents only (use --backend hf)")
+        self.check_latent(latent if rule["threshold"] is not None else None)
         seeds = [row_seed(seed, i) for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         ids = self.tokenizer(list(prompts))["input_ids"]
         for row_ids in ids:
             check_room(len(row_ids), cfg.max_new_tokens, self.context, what="vLLM")
         rows = [_Row(list(row_ids), s, self.table.weight[:0]) for row_ids, s in zip(ids, seeds)]
+        if self.in_engine:
+            self._decode_in_engine(rows, rule, latent, cfg)
+            return [self._trace(prompt, row) for prompt, row in zip(prompts, rows)]
         while active := [row for row in rows if row.finish is None]:
             keys = [f"{next(self._keys)}" for _ in active]
             requests = [self._request(row, key, rule, cfg) for row, key in zip(active, keys)]
@@ -353,9 +398,75 @@ class VLLMEngine:
             self._feed_latents([row for row in active if row.pending is not None], latent, cfg)
         return [self._trace(prompt, row) for prompt, row in zip(prompts, rows)]
 
-    def _request(self, row: _Row, key: str, rule: dict, cfg: DecodeConfig):
-        """(prompt, SamplingParams) of the row's next segment."""
+    def check_latent(self, latent) -> None:
+        """InputError when this engine's latent path cannot build ``latent`` (None: no latent step asked)."""
+        if latent is None:
+            return
+        if self.in_engine:
+            from latentcot.backends.vllm_latent import latent_spec
+
+            try:
+                latent_spec(latent)
+            except ValueError as exc:
+                raise InputError(f"{exc} (use --backend hf)") from None
+        elif not isinstance(latent, (SoftLatent, TopKSoftLatent)):
+            raise InputError(
+                "on vLLM's V1 model runner (CPU) the vllm backend builds soft and topk-soft latents only; "
+                "hidden, zero and mean-embedding latents run inside the engine on Model Runner V2 (GPUs) "
+                "(use --backend hf)"
+            )
+
+    def _decode_in_engine(self, rows: list[_Row], rule: dict, latent, cfg: DecodeConfig) -> None:
+        """Model Runner V2: one request per row for the whole decode; latent steps happen inside vLLM
+        (``latentcot.backends.vllm_latent``). Rows go in groups that fit the KV cache together, so vLLM
+        never has to preempt and recompute one (which would lose its latents)."""
+        from latentcot.backends.vllm_latent import latent_spec
+
+        spec = latent_spec(latent) if rule["threshold"] is not None else {"kind": "zero"}  # token gate: never built
+        salt = json.dumps({"rule": rule, "latent": spec}, sort_keys=True)  # no KV block is shared across settings
+        for group in self._fitting_groups(rows, cfg.max_new_tokens):
+            keys = [f"{next(self._keys)}" for _ in group]
+            requests = []
+            for row, key in zip(group, keys):
+                prompt, params = self._request(row, key, rule, cfg, in_engine=spec)
+                requests.append(({**prompt, "cache_salt": salt}, params))
+            outputs = self.llm.generate([r for r, _ in requests], [p for _, p in requests], use_tqdm=False)
+            records = self.llm.collective_rpc(TAKE_RECORDS, args=(keys,))[0]
+            recomputed = self.llm.collective_rpc(TAKE_RECOMPUTED, args=(keys,))[0]
+            if recomputed:
+                raise InputError(
+                    f"vLLM preempted {len(recomputed)} request(s) with latent steps, which cannot be recomputed: "
+                    "lower --batch-size, or give the KV cache more memory (--gpu-memory-utilization)"
+                )
+            for row, key, output in zip(group, keys, outputs):
+                self._absorb(row, output.outputs[0], records[key], cfg, in_engine=True)
+                if row.finish is None:  # vLLM ended it (a stop string it matched on the text): as it says
+                    row.finish = "stop" if output.outputs[0].finish_reason == "stop" else "length"
+
+    def _fitting_groups(self, rows: list[_Row], max_new_tokens: int) -> list[list[_Row]]:
+        """Consecutive groups of rows whose longest possible sequences fit the KV cache at once."""
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        if not cache.num_gpu_blocks:
+            return [rows]
+        groups: list[list[_Row]] = [[]]
+        used = 0
+        for row in rows:
+            need = -(-(len(row.prompt_ids) + max_new_tokens) // cache.block_size)  # blocks, rounded up
+            if groups[-1] and used + need > cache.num_gpu_blocks:
+                groups.append([])
+                used = 0
+            groups[-1].append(row)
+            used += need
+        return groups
+
+    def _request(self, row: _Row, key: str, rule: dict, cfg: DecodeConfig, in_engine: dict | None = None):
+        """(prompt, SamplingParams) of the row's next segment. ``in_engine``: the latent mode's spec when
+        the whole decode is one request with latent steps inside vLLM (the sentinel is then the
+        placeholder, not a stop token)."""
         step = len(row.mode)
+        sentinel = self.placeholder if in_engine is not None else self.sentinel
+        stops = {*([] if cfg.ignore_eos else self.eos_ids), *([] if in_engine is not None else [self.sentinel])}
+        extra = {"in_engine": True, "latent": in_engine} if in_engine is not None else {}
         params = SamplingParams(
             max_tokens=cfg.max_new_tokens - step,
             temperature=cfg.temperature,
@@ -365,7 +476,7 @@ class VLLMEngine:
             logprobs=0,
             # EOS is handled here (the row's EOS ids), not by vLLM's defaults
             ignore_eos=True,
-            stop_token_ids=sorted({self.sentinel, *([] if cfg.ignore_eos else self.eos_ids)}),
+            stop_token_ids=sorted(stops),
             stop=list(cfg.stop) or None,
             skip_special_tokens=False,
             detokenize=bool(cfg.stop),
@@ -375,7 +486,8 @@ class VLLMEngine:
                     "key": key,
                     "n_latent": row.n_latent,
                     "latent_run": row.latent_run,
-                    "sentinel": self.sentinel,
+                    "sentinel": sentinel,
+                    **extra,
                 }
             },
         )
@@ -383,17 +495,20 @@ class VLLMEngine:
             return {"prompt_token_ids": row.prompt_ids + row.token_id}, params
         return {"prompt_embeds": row.prefix}, params
 
-    def _absorb(self, row: _Row, output, records: dict[int, StepRecord], cfg: DecodeConfig) -> None:
-        """Append a segment's steps to the row, ending it as the hf engine would."""
+    def _absorb(
+        self, row: _Row, output, records: dict[int, StepRecord], cfg: DecodeConfig, in_engine: bool = False
+    ) -> None:
+        """Append a segment's steps to the row, ending it as the hf engine would. A re-prefill segment
+        ends at its first latent step; an in-engine one runs on through them (its placeholder tokens)."""
         fed: list[int] = []
         for s, token in enumerate(output.token_ids):
             rec = records[s]
-            if rec.fired:  # the sentinel stands for a latent step; its vector is built in _feed_latents
+            if rec.fired:  # the sentinel stands for a latent step (built in the worker, or in _feed_latents)
                 row.record(LATENT, rec.argmax, rec, rec.p_max)
                 row.n_latent += 1
                 row.latent_run += 1
                 row.recent.clear()
-                row.pending = rec.logits
+                row.pending = None if in_engine else rec.logits
             else:
                 row.record(TOKEN, token, rec, math.exp(output.logprobs[s][token].logprob))
                 row.latent_run = 0
@@ -404,9 +519,9 @@ class VLLMEngine:
                     row.finish = "stop"
             if row.finish is None and len(row.mode) == cfg.max_new_tokens:
                 row.finish = "length"
-            if row.finish is not None or rec.fired:
+            if row.finish is not None or (rec.fired and not in_engine):
                 break
-        if not row.tokens_only and fed:
+        if not in_engine and not row.tokens_only and fed:
             row.prefix = torch.cat([row.prefix, self.table.weight[fed]])  # (T + n, D)
         if row.finish is not None:
             row.pending = None
@@ -446,6 +561,17 @@ class VLLMEngine:
             p_token=row.p_token,
             p_max=row.p_max,
         )
+
+
+def placeholder_token(tokenizer, vocab_size: int, eos_ids: Sequence[int]) -> int:
+    """The token that stands for a latent step in-engine: the tokenizer's pad or unk token when it has one
+    apart from EOS, else the last id both the tokenizer and the model know. The gate never lets a token
+    step sample it, so in a request's output it marks the latent steps and nothing else."""
+    known = min(vocab_size, len(tokenizer))
+    for candidate in (tokenizer.pad_token_id, tokenizer.unk_token_id):
+        if candidate is not None and candidate not in eos_ids and 0 <= candidate < known:
+            return int(candidate)
+    return next(i for i in range(known - 1, -1, -1) if i not in eos_ids and i != tokenizer.bos_token_id)
 
 
 def runner_v2(engine_options: dict[str, Any]) -> bool:

@@ -20,7 +20,6 @@ if TYPE_CHECKING:  # latentcot.types imports torch
     from latentcot.types import Example
 
 METHODS = ("cot", "nocot", "coconut", "soft")
-INIT_METHODS = ("coconut", "soft")  # methods that may start from a trained cot model
 LR_DECAYS = ("none", "cosine")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 POSITIVE_INTS = (
@@ -144,7 +143,11 @@ class TrainConfig:
         help="cot (steps, then answer) | nocot (answer only) | coconut (latent curriculum) | "
         "soft (cot whose uncertain steps are fed soft inputs, see --soft-threshold)."
     )
-    init: str | None = described(None, "coconut (required) | soft: the cot model directory to start from.")
+    init: str | None = described(
+        None,
+        "A trained model directory to start from: the cot model for coconut (required) and soft; for cot"
+        " or nocot, a model of an easier task (a curriculum).",
+    )
     arch: str = described(
         "llama",
         "gpt2 | llama | qwen2 | looped:k=K,L=L[,prelude=P,coda=C,inject=add,random=1,"
@@ -199,7 +202,6 @@ class TrainConfig:
             self.method != "coconut" or self.init is not None,
             "--method coconut needs --init DIR, a cot model of the same task to start from",
         )
-        require(self.method in INIT_METHODS or self.init is None, "--init only applies to --method coconut or soft")
         if self.init is not None:  # one spelling per directory ("m/" is "m"), so --resume compares like with like
             require(isinstance(self.init, (str, Path)) and str(self.init).strip(), "--init must name a directory")
             object.__setattr__(self, "init", str(Path(self.init)))

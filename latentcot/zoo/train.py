@@ -47,7 +47,7 @@ from latentcot.zoo.forward import loss_of
 from latentcot.zoo.looped import is_looped, training_loops
 from latentcot.zoo.registry import user_root
 from latentcot.zoo.tiny import tiny_config
-from latentcot.zoo.tokenizer import task_tokenizer
+from latentcot.zoo.tokenizer import task_tokenizer, texts_of
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
@@ -139,6 +139,18 @@ def _load_task(cfg: TrainConfig, out: Path, resume: bool) -> Task:
         return load_task(cfg.task, str(write_prompt_file(Path(scratch))))
 
 
+def _check_vocabulary(tokenizer, task: Task, examples: list[Example], init: str) -> None:
+    """An init model trained on another task (a curriculum) must be able to read and write this one:
+    a piece its tokenizer lacks would become ``<unk>`` and train silently on garbage."""
+    for example in examples:
+        for text in texts_of(task, [example], ANSWER_PREFIX):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            require(
+                tokenizer.unk_token_id not in ids,
+                f"--init {init}: its tokenizer cannot write {task.spec!r} (unknown pieces in {text[:60]!r})",
+            )
+
+
 def _read_tokenizer(model_dir: Path):
     return load_tokenizer(str(model_dir), ModelConfig(str(model_dir)))
 
@@ -186,6 +198,8 @@ def _prepare(cfg: TrainConfig, out: Path, resume: bool):
         steps_per_example = len(task.examples("train", 1, cfg.seed)[0].steps)
         cfg = dataclasses.replace(cfg, max_stage=max(1, steps_per_example))
     valid = _check_examples(cfg, task)
+    if cfg.init is not None:
+        _check_vocabulary(tokenizer, task, valid, cfg.init)
     if not resume:
         _write_start(cfg, out, tokenizer)
     # Read back what was written, so a fresh run and a resumed one tokenize with the very same files.
