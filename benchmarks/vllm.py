@@ -7,6 +7,9 @@ Prints, per batch size:
   * token arm (greedy, fixed length, per-step entropy/p_token/p_max recorded by both):
     vLLM tokens/s, hf engine tokens/s, speed-up = hf time / vLLM time;
   * hybrid arm (entropy gate at the median entropy, soft latents): the same ratio, and the latent share;
+  * latent arm (every step latent, soft): vLLM's latent steps/s as a share of its own token arm's
+    tokens/s, the figure that says what a latent step costs inside vLLM (on GPUs, Model Runner V2 runs
+    them in the engine; on CPU, V1 re-prefills: the header says which);
   * whether the token arm's tokens are identical on both backends.
 Each figure is the median of --repeats interleaved runs. Random-init weights, saved to a temporary
 directory for vLLM. On CPU set VLLM_ENABLE_V1_MULTIPROCESSING=0 (``make bench-vllm`` does).
@@ -29,7 +32,7 @@ import torch
 
 from latentcot.config import BackendConfig, DecodeConfig, ModelConfig
 from latentcot.engine import Engine
-from latentcot.gates import EntropyGate, TokenGate
+from latentcot.gates import EntropyGate, LatentGate, TokenGate
 from latentcot.latent import SoftLatent
 from latentcot.zoo.tiny import char_tokenizer, tiny_model
 
@@ -103,7 +106,9 @@ def main() -> None:
     print(
         f"model {model.config.model_type} d={model.config.hidden_size} L={model.config.num_hidden_layers} "
         f"V={model.config.vocab_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) {args.dtype}, "
-        f"hf on {args.device}, vLLM on {vllm_engine.identity['device']}, {n} new tokens, "
+        f"hf on {args.device}, vLLM on {vllm_engine.identity['device']} (model runner "
+        f"{vllm_engine.identity['model_runner']}, latent steps {vllm_engine.identity['latent_steps']}), "
+        f"{n} new tokens, "
         f"threads={torch.get_num_threads()}, median of {args.repeats}"
     )
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -119,6 +124,7 @@ def main() -> None:
             "hf_token": lambda: hf_engine.generate(prompts, TokenGate(), SoftLatent(), cfg),
             "vllm_hybrid": lambda: vllm_engine.generate(prompts, gate, SoftLatent(), cfg),
             "hf_hybrid": lambda: hf_engine.generate(prompts, gate, SoftLatent(), cfg),
+            "vllm_latent": lambda: vllm_engine.generate(prompts, LatentGate(), SoftLatent(), cfg),
         }
         for fn in runs.values():  # warm-up
             fn()
@@ -134,7 +140,8 @@ def main() -> None:
             f"({batch * n / med['vllm_token']:.0f} vs {batch * n / med['hf_token']:.0f} tok/s) | "
             f"hybrid vLLM {med['hf_hybrid'] / med['vllm_hybrid']:.2f}x the hf engine "
             f"({latent_share:.0%} latent steps; {batch * n / med['vllm_hybrid']:.0f} vs "
-            f"{batch * n / med['hf_hybrid']:.0f} steps/s) | token arm tokens identical: {same}"
+            f"{batch * n / med['hf_hybrid']:.0f} steps/s) | latent arm {med['vllm_token'] / med['vllm_latent']:.2f}x "
+            f"vLLM's token throughput | token arm tokens identical: {same}"
         )
 
 

@@ -22,11 +22,13 @@ are cheap; latent-only runs are a prefill per step.
 
 Model runners: vLLM picks Model Runner V2 wherever Triton runs (every GPU) and V1 elsewhere (CPU); the
 gate is installed for the runner vLLM will use (``runner_v2``): ``GateProcessorV2`` or ``GateProcessor``,
-both around one ``gate_step``. Latent steps re-prefill on both (the in-engine latent arm is not built).
+both around one ``gate_step``. What is described above is the V1 path. On V2 latent steps stay inside
+the engine (``latentcot.backends.vllm_latent``): one request per row, the gate forces a placeholder token
+and the model state feeds the latent in its place, so nothing is prefilled again.
 
 Supported: token, latent, entropy (caps, per-domain thresholds) and fixed gates; soft and topk-soft
-latents; greedy and sampled decoding (vLLM's sampler and seeds, so sampled tokens differ from the
-hf backend's). Refused: hidden latents, markers, --measure.
+latents (V2 also hidden, hidden-normed, zero, mean-embedding); greedy and sampled decoding (vLLM's
+sampler and seeds, so sampled tokens differ from the hf backend's). Refused: markers, --measure.
 """
 
 from __future__ import annotations
