@@ -127,8 +127,12 @@ def gate_step(
         rule["n_latent"] += int(f)
         rule["latent_run"] = rule["latent_run"] + 1 if f else 0
     fired_set = set(fired_rows)
-    reserved = [i for i, rule in enumerate(rules) if rule.get("in_engine") and i not in fired_set]
-    if reserved:  # the placeholder marks latent steps only
+    reserved = [  # rules that can fire keep the placeholder for latent steps only
+        i
+        for i, rule in enumerate(rules)
+        if rule.get("in_engine") and rule["threshold"] is not None and i not in fired_set
+    ]
+    if reserved:
         rows = torch.tensor([index[i] for i in reserved], device=logits.device)
         logits[rows, torch.tensor([rules[i]["sentinel"] for i in reserved], device=logits.device)] = -math.inf
     if fired_rows:

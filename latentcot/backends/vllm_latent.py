@@ -193,6 +193,7 @@ class LatentModelState:
         self.hidden = torch.zeros(self.max_num_reqs, width, dtype=self.dtype, device=device)  # (S, D) by logits row
         self.embeds = torch.zeros(self.max_num_tokens, width, dtype=self.dtype, device=device)  # (N, D)
         self.recomputed: set[str] = set()  # gate keys of requests that came back with placeholders to re-embed
+        self.kept_rows = 0  # logits rows whose hidden state compute_logits kept at the latest step
         self.table = self._embedding_table()
         model.latentcot_state = self
 
@@ -250,10 +251,14 @@ class LatentModelState:
     def keep_hidden(self, hidden_states: torch.Tensor) -> None:
         rows = min(hidden_states.shape[0], self.hidden.shape[0])
         self.hidden[:rows].copy_(hidden_states[:rows])
+        self.kept_rows = rows
 
     def write_latents(self, rows: list[int], slots: list[int], logits: torch.Tensor, rules: list[dict]) -> None:
         """Build the latents of the fired logits rows ``rows`` (request slots ``slots``) from their fp32
         ``logits`` (F, V), each with its rule's latent mode, and mark them pending for the next step."""
+        needs_hidden = any(rule["latent"]["kind"].startswith("hidden") for rule in rules)
+        if needs_hidden and self.kept_rows <= max(rows):  # compute_logits never reached this state: no zeros fed
+            raise RuntimeError("hidden latents: the model's compute_logits did not hand its hidden states over")
         write_latents(self.latents, self.pending, self.table, self.hidden, rows, slots, logits, rules)
 
 
