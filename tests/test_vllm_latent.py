@@ -341,3 +341,15 @@ def test_the_backend_names_the_latent_modes_of_each_runner(monkeypatch):
     assert expects_runner_v2() and set(vllm_latent_modes()) == set(IN_ENGINE_LATENTS)
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
     assert vllm_latent_modes() == ("soft", "topk-soft")
+
+
+def test_the_plugin_covers_every_causal_architecture_vllm_knows():
+    from latentcot.backends.vllm_latent import latent_architecture, register
+    from vllm import ModelRegistry
+
+    register()
+    archs = ModelRegistry.get_supported_archs()
+    for name in ("LlamaForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel", "Gemma3ForCausalLM"):
+        assert latent_architecture([name]) in archs
+    with pytest.raises(ValueError, match="causal-LM architecture, not BertModel"):
+        latent_architecture(["BertModel"])

@@ -51,6 +51,7 @@ from latentcot.types import EmbeddingTable, StepView
 
 ARCH_PREFIX = "Latentcot"
 MODULE = __name__
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # how vLLM names causal language-model architectures
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,20 +122,20 @@ def register() -> None:
     from vllm import ModelRegistry
 
     for arch in sorted(ModelRegistry.get_supported_archs()):
-        if arch.endswith("ForCausalLM") and not arch.startswith(ARCH_PREFIX):
+        if arch.endswith(CAUSAL_SUFFIXES) and not arch.startswith(ARCH_PREFIX):
             ModelRegistry.register_model(ARCH_PREFIX + arch, f"{MODULE}:{ARCH_PREFIX}{arch}")
 
 
 def latent_architecture(architectures: list[str] | None) -> str:
     """The registered latent twin of a checkpoint's architecture (``ValueError`` if it has none)."""
     arch = (architectures or [""])[0]
-    if not arch.endswith("ForCausalLM"):
-        raise ValueError(f"latent steps inside vLLM need a *ForCausalLM architecture, not {arch or 'none'}")
+    if not arch.endswith(CAUSAL_SUFFIXES):
+        raise ValueError(f"latent steps inside vLLM need a causal-LM architecture, not {arch or 'none'}")
     return ARCH_PREFIX + arch
 
 
 def __getattr__(name: str):  # PEP 562: vLLM's lazy registry resolves "Latentcot<Arch>" here
-    if name.startswith(ARCH_PREFIX) and name.endswith("ForCausalLM"):
+    if name.startswith(ARCH_PREFIX) and name.endswith(CAUSAL_SUFFIXES):
         return _latent_model_class(name.removeprefix(ARCH_PREFIX))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
