@@ -116,3 +116,39 @@ def test_coconut_table_script_prints_each_member_of_a_family_with_its_interval()
     for line in rows.values():  # accuracy, then a Wilson interval around it
         accuracy, low, high = (float(x.strip("[],%")) for x in line.split()[-5:-2])
         assert low <= accuracy <= high
+
+
+def test_teacher_forced_script_finds_the_steps_a_model_cannot_take():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_forced.py"
+
+    def table(name: str) -> dict[str, list[tuple[float, float]]]:
+        model = BUILTIN[name]
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                "--model",
+                f"builtin:{name}",
+                "--task",
+                model.card["task"],
+                "--examples",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        rows = [line.split(":", 1) for line in done.stdout.splitlines()[1:]]
+        return {k.strip(): [tuple(map(float, c.split("/"))) for c in v.split()] for k, v in rows}
+
+    learned = table("prosqa-2hop-cot")  # 99.8 % on its test set: every gold token is its argmax
+    assert list(learned) == ["step 1", "step 2", "answer"]
+    assert min(acc for cells in learned.values() for acc, _ in cells) >= 0.95
+    forks = table("prosqa-3hop-forks-cot")  # at chance: the objects of steps 2 and 3 are guesses
+    objects = [min(forks[s], key=lambda c: c[0]) for s in ("step 2", "step 3")]
+    assert all(acc < 0.8 and entropy > 0.5 for acc, entropy in objects)
