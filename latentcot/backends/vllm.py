@@ -33,6 +33,7 @@ sampler and seeds, so sampled tokens differ from the hf backend's). Refused: mar
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -284,11 +285,6 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.identity = identity
         vocab = llm.llm_engine.model_config.get_vocab_size()
-        # the model's own input embeddings (also under tensor parallelism: embed_input_ids gathers them)
-        weight = llm.apply_model(
-            lambda model: model.embed_input_ids(torch.arange(vocab, device=next(model.parameters()).device)).cpu()
-        )[0]  # (V, D)
-        self.table = EmbeddingTable(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
         self.context = llm.llm_engine.model_config.max_model_len
         gen = llm.llm_engine.model_config.try_get_generation_config() or {}
         self.eos_ids = eos_token_ids(tokenizer, gen.get("eos_token_id"))
@@ -296,6 +292,16 @@ class VLLMEngine:
         self.in_engine = identity.get("latent_steps") == "in-engine"
         self.placeholder = placeholder_token(tokenizer, vocab, self.eos_ids)  # stands for a latent in-engine
         self._keys = itertools.count()  # request keys unique within this engine
+
+    @functools.cached_property
+    def table(self) -> EmbeddingTable:
+        """The model's own input embeddings, here in the driver, for re-prefilled latents (also under tensor
+        parallelism: embed_input_ids gathers them). The in-engine path never needs them here."""
+        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        weight = self.llm.apply_model(
+            lambda model: model.embed_input_ids(torch.arange(vocab, device=next(model.parameters()).device)).cpu()
+        )[0]  # (V, D)
+        return EmbeddingTable(weight=weight, mean_norm=weight.float().norm(dim=-1).mean())
 
     @classmethod
     def load(cls, model: ModelConfig, backend: BackendConfig) -> VLLMEngine:
@@ -390,10 +396,11 @@ class VLLMEngine:
         ids = self.tokenizer(list(prompts))["input_ids"]
         for row_ids in ids:
             check_room(len(row_ids), cfg.max_new_tokens, self.context, what="vLLM")
-        rows = [_Row(list(row_ids), s, self.table.weight[:0]) for row_ids, s in zip(ids, seeds)]
         if self.in_engine:
+            rows = [_Row(list(row_ids), s, torch.zeros(0)) for row_ids, s in zip(ids, seeds)]
             self._decode_in_engine(rows, rule, latent, cfg)
             return [self._trace(prompt, row) for prompt, row in zip(prompts, rows)]
+        rows = [_Row(list(row_ids), s, self.table.weight[:0]) for row_ids, s in zip(ids, seeds)]
         while active := [row for row in rows if row.finish is None]:
             keys = [f"{next(self._keys)}" for _ in active]
             requests = [self._request(row, key, rule, cfg) for row, key in zip(active, keys)]
