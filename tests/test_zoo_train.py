@@ -347,3 +347,24 @@ def test_weights_saved_in_float16_are_the_ones_the_card_measured(cot_model, tmp_
     assert evaluate(loaded.model, loaded.tokenizer, task, test, card["decode"]) == card["test_accuracy"]
     with pytest.raises(InputError, match="unknown save dtype"):
         TrainConfig(task=TASK, method="cot", save_dtype="int8")
+
+
+def test_a_cot_model_continues_from_a_model_of_an_easier_task(cot_model, tmp_path):
+    """A curriculum: cot from the 3-number model on 4 numbers keeps its weights, shape and tokenizer;
+    a task whose text the init tokenizer cannot write is refused before anything is written."""
+    from safetensors.torch import load_file
+
+    harder = "addition:n=4,digits=1,reverse=1"
+    cfg = TrainConfig(task=harder, method="cot", init=str(cot_model), steps=1, eval_every=1, lr=1e-9, **TINY)
+    train(cfg, tmp_path / "harder", progress=False)
+    before, after = load_file(cot_model / "model.safetensors"), load_file(tmp_path / "harder" / "model.safetensors")
+    assert before.keys() == after.keys()
+    for name in before:  # one step at lr 1e-9 leaves the init's weights (within float16 saving)
+        torch.testing.assert_close(after[name].float(), before[name].float(), atol=2e-3, rtol=0)
+    assert (tmp_path / "harder" / "tokenizer.json").read_text() == (cot_model / "tokenizer.json").read_text()
+    card = json.loads((tmp_path / "harder" / "card.json").read_text())
+    assert card["config"]["init"] == str(cot_model) and card["config"]["hidden"] == 32
+
+    with pytest.raises(InputError, match="its tokenizer cannot write 'prosqa"):
+        train(TrainConfig(task="prosqa", method="cot", init=str(cot_model), **TINY), tmp_path / "words", progress=False)
+    assert not (tmp_path / "words").exists()
