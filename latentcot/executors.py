@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from latentcot.experiment import Setting, make_record
+from latentcot.errors import InputError
+from latentcot.experiment import Setting, check_runnable, load_examples, make_record
 from latentcot.gates import make_gate
 from latentcot.latent import make_latent
 from latentcot.rollout import NAME as ROLLOUT
@@ -268,6 +269,14 @@ class RayExecutor:
             idle.append(actor)
             yield result
 
+    def describe(self) -> dict[str, Any]:
+        """The model's identity as a worker loaded it, once a worker has checked the plan against its model
+        (InputError with the worker's reason when it cannot run it)."""
+        refusal, identity = self._ray.get(self.actors[0].describe.remote())
+        if refusal is not None:
+            raise InputError(refusal)
+        return identity
+
     def worker_pids(self) -> list[int]:
         return self._ray.get([actor.pid.remote() for actor in self.actors])
 
@@ -279,28 +288,33 @@ class RayExecutor:
 
 
 class RayWorker:
-    """The body of a Ray actor: loads the backend and the tasks once, then decodes units."""
+    """The body of a Ray actor: loads the backend and the tasks once, then decodes units. What the user can
+    fix (a model that does not load, a plan it cannot run) is kept as a message for :meth:`describe`."""
 
     def __init__(self, plan, families: tuple[tuple[int, ...], ...], max_rows: int | None, cwd: str):
         from latentcot.backends import load_backend
-        from latentcot.experiment import load_examples
 
         if os.path.isdir(cwd):  # relative task and model paths mean what they meant to the driver
             os.chdir(cwd)
-        engine = load_backend(plan.model, plan.backend).engine
-        self.worker = Worker(engine, load_examples(plan), plan.settings, families, seed=plan.seed,
+        self.refusal: str | None = None
+        self.identity: dict[str, Any] = {}
+        try:
+            loaded = load_backend(plan.model, plan.backend)
+            tasks = load_examples(plan)
+            check_runnable(plan, tasks, loaded.engine)
+        except InputError as exc:
+            self.refusal = str(exc)
+            return
+        self.identity = loaded.identity
+        self.worker = Worker(loaded.engine, tasks, plan.settings, families, seed=plan.seed,
                              measure=plan.measure, max_rows=max_rows)  # fmt: skip
+
+    def describe(self) -> tuple[str | None, dict[str, Any]]:
+        """(why this worker cannot run the plan, or None; the loaded model's identity for the manifest)."""
+        return self.refusal, self.identity
 
     def decode(self, unit: WorkUnit) -> UnitResult:
         return self.worker.decode(unit)
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def make_executor(cfg, plan, engine, tasks, families: Sequence[tuple[int, ...]], max_rows: int | None):
-    """The executor ``cfg`` (an ExecutorConfig) names; the local one reuses the driver's loaded engine."""
-    if cfg.kind == "ray":
-        return RayExecutor(cfg, plan, families, max_rows)
-    worker = Worker(engine, tasks, plan.settings, families, seed=plan.seed, measure=plan.measure, max_rows=max_rows)
-    return LocalExecutor(worker)

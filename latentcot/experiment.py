@@ -288,7 +288,7 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _check_runnable(plan: Plan, tasks, engine: Backend) -> None:
+def check_runnable(plan: Plan, tasks, engine: Backend) -> None:
     """Refuse, before anything is written, what would fail halfway through the run."""
     longest = max(s.decode.max_new_tokens for s in plan.settings)
     for setting in plan.settings:
@@ -323,10 +323,10 @@ def with_model_prompt(plan: Plan) -> Plan:
     return dataclasses.replace(plan, prompt_file=str(shipped)) if is_local and shipped.is_file() else plan
 
 
-def _decode_all(plan: Plan, tasks, engine, store: RunStore, executor, share: bool, max_rows, cost) -> None:
-    """Every (task, example, setting) not yet in ``store``, as work units on ``executor``; this process
-    appends every record (the only writer)."""
-    from latentcot.executors import make_executor, make_units, setting_families
+def _decode_all(plan: Plan, tasks, store: RunStore, runner, families, cost) -> None:
+    """Every (task, example, setting) not yet in ``store``, as work units on ``runner`` (an executor);
+    this process appends every record (the only writer)."""
+    from latentcot.executors import make_units
 
     done = store.done_keys()
     missing = {
@@ -336,10 +336,7 @@ def _decode_all(plan: Plan, tasks, engine, store: RunStore, executor, share: boo
     }
     total = sum(len(examples) for _, examples in tasks) * len(plan.settings)
     progress = Progress(total, len(done), len(missing), sum(n == 0 for n in missing.values()))
-    families = setting_families(plan.settings, share and plan.backend.name == "hf")  # vLLM decodes no trees
     units = make_units(tasks, plan.settings, families, done, plan.batch_size)
-    rows = max_rows if max_rows is not None else 4 * plan.batch_size
-    runner = make_executor(executor, plan, engine, tasks, families, rows)
     try:
         for result in runner.run(units):
             for record in result.records:
@@ -351,8 +348,40 @@ def _decode_all(plan: Plan, tasks, engine, store: RunStore, executor, share: boo
             cost.add(result)
             progress.batch(len(result.records), result.separate_rows)
     finally:
-        runner.close()
         progress.close()
+
+
+def _start(plan: Plan, tasks, executor: ExecutorConfig, share: bool, max_rows: int | None):
+    """(plan with the model's markers, the executor's runner, setting families, the model's identity), the
+    plan checked against the loaded model. Locally the model loads here; on Ray only its config and
+    tokenizer do, and the first worker (which loads it anyway) checks the plan and reports the identity,
+    so the driver never holds a copy of the weights (nor a GPU) of its own."""
+    from latentcot.executors import LocalExecutor, RayExecutor, Worker, setting_families
+
+    def prepared(tokenizer) -> tuple[Plan, list[tuple[int, ...]], int]:
+        settings = tuple(s.with_model_markers(tokenizer) for s in plan.settings)
+        families = setting_families(settings, share and plan.backend.name == "hf")  # vLLM decodes no trees
+        rows = max_rows if max_rows is not None else 4 * plan.batch_size
+        return dataclasses.replace(plan, settings=settings), families, rows
+
+    if executor.kind == "ray":
+        from latentcot.model import check_causal, model_tokenizer
+
+        source, _, _ = check_causal(plan.model)  # a wrong model id or path: one line, before any worker starts
+        ready, families, rows = prepared(model_tokenizer(plan.model, source))
+        runner = RayExecutor(executor, ready, families, rows)
+        try:
+            identity = runner.describe()
+        except BaseException:
+            runner.close()
+            raise
+        return ready, runner, families, identity
+    loaded = load_backend(plan.model, plan.backend)
+    ready, families, rows = prepared(loaded.engine.tokenizer)
+    check_runnable(ready, tasks, loaded.engine)
+    worker = Worker(loaded.engine, tasks, ready.settings, families, seed=ready.seed, measure=ready.measure,
+                    max_rows=rows)  # fmt: skip
+    return ready, LocalExecutor(worker), families, loaded.identity
 
 
 def execute(
@@ -379,17 +408,17 @@ def execute(
     check_available(plan.backend)
     if executor.kind == "ray" and importlib.util.find_spec("ray") is None:
         raise InputError("--executor ray needs Ray: pip install 'latentcot[ray]'")
-    loaded = load_backend(plan.model, plan.backend)
-    engine = loaded.engine
-    plan = dataclasses.replace(plan, settings=tuple(s.with_model_markers(engine.tokenizer) for s in plan.settings))
-    _check_runnable(plan, tasks, engine)
-    with RunStore.open(out, manifest(plan, loaded.identity, argv), resume=resume, wait=wait, on_wait=echo) as store:
-        store.manifest = {**store.manifest, "executor": executor.as_dict()}
-        cost = DecodeCost()
-        try:
-            _decode_all(plan, tasks, engine, store, executor, share, max_rows, cost)
-        finally:
-            store.manifest = {**store.manifest, "decode_cost": {"shared": share, **cost.as_dict()}}
+    plan, runner, families, identity = _start(plan, tasks, executor, share, max_rows)
+    cost = DecodeCost()
+    try:
+        with RunStore.open(out, manifest(plan, identity, argv), resume=resume, wait=wait, on_wait=echo) as store:
+            store.manifest = {**store.manifest, "executor": executor.as_dict()}
+            try:
+                _decode_all(plan, tasks, store, runner, families, cost)
+            finally:
+                store.manifest = {**store.manifest, "decode_cost": {"shared": share, **cost.as_dict()}}
+    finally:
+        runner.close()
     echo(format_summary(summarize(read_samples(out))))
     if cost.records and len(plan.settings) > 1:  # a sweep: what sharing saved
         echo(cost.line())

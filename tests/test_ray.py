@@ -63,6 +63,32 @@ def test_two_ray_workers_write_the_local_executors_records(local_run, saved_mode
     assert manifest["finished_at"]
 
 
+def test_the_driver_never_loads_the_weights_and_a_workers_refusal_is_one_line(
+    local_run, saved_model, tmp_path, monkeypatch, capsys
+):
+    import latentcot.model
+
+    class NoWeights:  # the workers are other processes: only this (the driver's) load is refused
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise AssertionError("the driver loaded the model's weights")
+
+    monkeypatch.setattr(latentcot.model, "AutoModelForCausalLM", NoWeights)
+    out = tmp_path / "run"
+    assert cli("sweep", "--model", saved_model, *SWEEP, "--executor", "ray", "--workers", "1", "--out", out) == 0
+    assert by_key(records(out)) == local_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["n_parameters"] > 0 and manifest["model"]["device"] == "cpu"  # as the worker loaded it
+
+    capsys.readouterr()
+    refused = tmp_path / "refused"  # markers the tokenizer splits: the worker refuses, the driver says why
+    assert cli("sweep", "--model", saved_model, *SWEEP, "--markers", "<nope>,<nah>", "--executor", "ray",
+               "--workers", "1", "--out", refused) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--markers <nope>,<nah>" in err[0] and "single token" in err[0]
+    assert not refused.exists() or not any(refused.iterdir())
+
+
 def test_a_worker_killed_mid_run_has_its_unit_decoded_again(saved_model):
     from latentcot.config import DecodeConfig, LatentConfig
 

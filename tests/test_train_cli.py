@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,14 @@ def test_save_dtype_applies_on_resume(tmp_path):
     assert "--resume" in card["train_command"] and "--save-dtype float16" in card["train_command"]
     with safe_open(out / "model.safetensors", "pt") as weights:
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}
+
+
+def test_init_takes_a_builtin_model_by_name(tmp_path, capsys):
+    from latentcot.zoo.registry import resolve
+
+    cfg = TrainConfig(task="prosqa:hops=2,dead=0,distract=1,extra=0", method="cot", init="builtin:prosqa-2hop-cot")
+    assert cfg.init == str(resolve("prosqa-2hop-cot")) and (Path(cfg.init) / "config.json").is_file()
+    out = tmp_path / "model"
+    assert cli("train", "--task", "addition", "--method", "cot", "--init", "builtin:no-such-model", "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown built-in model 'no-such-model'" in err and not out.exists()

@@ -145,8 +145,8 @@ class TrainConfig:
     )
     init: str | None = described(
         None,
-        "A trained model directory to start from: the cot model for coconut (required) and soft; for cot"
-        " or nocot, a model of an easier task (a curriculum).",
+        "A trained model directory (or builtin:NAME) to start from: the cot model for coconut (required)"
+        " and soft; for cot or nocot, a model of an easier task (a curriculum).",
     )
     arch: str = described(
         "llama",
@@ -204,7 +204,12 @@ class TrainConfig:
         )
         if self.init is not None:  # one spelling per directory ("m/" is "m"), so --resume compares like with like
             require(isinstance(self.init, (str, Path)) and str(self.init).strip(), "--init must name a directory")
-            object.__setattr__(self, "init", str(Path(self.init)))
+            init = str(self.init)
+            if init.startswith("builtin:"):  # a shipped model, as run --model spells it
+                from latentcot.zoo.registry import resolve
+
+                init = resolve(init.removeprefix("builtin:"))
+            object.__setattr__(self, "init", str(Path(init)))
         for name in POSITIVE_INTS:
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an integer >= 1")
         require(self.hidden % self.heads == 0, f"hidden {self.hidden} is not divisible by heads {self.heads}")
