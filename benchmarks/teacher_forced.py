@@ -22,7 +22,7 @@ from latentcot.config import ModelConfig
 from latentcot.model import load_model
 from latentcot.tasks import load_task
 from latentcot.zoo.data import ANSWER_PREFIX
-from latentcot.zoo.registry import resolve
+from latentcot.zoo.registry import builtin_path
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=300)
     args = ap.parse_args()
 
-    path = resolve(args.model.removeprefix("builtin:")) if args.model.startswith("builtin:") else Path(args.model)
+    path = builtin_path(args.model) or Path(args.model)
     loaded = load_model(ModelConfig(str(path), dtype="float32"))
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     task = load_task(args.task, str(path / "prompt.json"))

@@ -22,7 +22,6 @@ from latentcot.errors import InputError
 from latentcot.zoo import looped as _looped  # noqa: F401  registers the looped model type with the Auto classes
 from latentcot.zoo import registry as zoo_registry
 
-BUILTIN_PREFIX = "builtin:"
 # Types that AutoModelForCausalLM accepts but whose checkpoints are bidirectional encoders.
 ENCODER_ONLY = frozenset(
     {
@@ -55,8 +54,9 @@ def _looks_like_path(spec: str) -> bool:
 
 def resolve_source(spec: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, is it a local directory)."""
-    if spec.startswith(BUILTIN_PREFIX):
-        return str(zoo_registry.resolve(spec[len(BUILTIN_PREFIX) :])), True
+    builtin = zoo_registry.builtin_path(spec)
+    if builtin is not None:
+        return str(builtin), True
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.is_dir():

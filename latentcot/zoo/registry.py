@@ -18,6 +18,7 @@ from latentcot.errors import InputError
 
 BUILTIN_ROOT = Path(__file__).resolve().parent / "models"
 CARD = "card.json"
+BUILTIN_PREFIX = "builtin:"  # how a command names a zoo model: builtin:NAME
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
 
@@ -93,3 +94,9 @@ def resolve(name: str) -> Path:
             f"unknown built-in model {name!r}; available: {', '.join(models) or 'none'} (`latentcot models` lists them)"
         )
     return models[name].path
+
+
+def builtin_path(spec: str) -> Path | None:
+    """The directory a ``builtin:NAME`` spec names (InputError for an unknown name), or None for any other
+    spec (a path or a hub id)."""
+    return resolve(spec.removeprefix(BUILTIN_PREFIX)) if spec.startswith(BUILTIN_PREFIX) else None

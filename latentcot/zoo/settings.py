@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from latentcot.errors import InputError
 from latentcot.validation import is_int, is_number, require, require_choice
+from latentcot.zoo.registry import builtin_path
 
 if TYPE_CHECKING:  # latentcot.types imports torch
     from latentcot.types import Example
@@ -204,11 +205,7 @@ class TrainConfig:
         )
         if self.init is not None:  # one spelling per directory ("m/" is "m"), so --resume compares like with like
             require(isinstance(self.init, (str, Path)) and str(self.init).strip(), "--init must name a directory")
-            init = str(self.init)
-            if init.startswith("builtin:"):  # a shipped model, as run --model spells it
-                from latentcot.zoo.registry import resolve
-
-                init = resolve(init.removeprefix("builtin:"))
+            init = builtin_path(str(self.init)) or self.init  # a shipped model, as run --model spells it
             object.__setattr__(self, "init", str(Path(init)))
         for name in POSITIVE_INTS:
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an integer >= 1")
