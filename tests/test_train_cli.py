@@ -50,6 +50,7 @@ OPTIONS = {
     "--resume",
     "--weight-decay",
     "--grad-clip",
+    "--eval-task",
 }
 TINY = [
     "--steps",
@@ -230,3 +231,48 @@ def test_init_takes_a_builtin_model_by_name(tmp_path, capsys):
     assert cli("train", "--task", "addition", "--method", "cot", "--init", "builtin:no-such-model", "--out", out) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown built-in model 'no-such-model'" in err and not out.exists()
+
+
+def _sums_file(path: Path, pairs) -> Path:
+    path.write_text("".join(json.dumps({"question": f"{a} + {b} =", "answer": str(a + b)}) + "\n" for a, b in pairs))
+    return path
+
+
+def test_a_task_file_trains_on_all_its_examples_and_is_measured_on_the_eval_task(tmp_path):
+    train = _sums_file(tmp_path / "train.jsonl", [(a, b) for a in range(1, 6) for b in range(1, 4)])  # 15
+    held_out = _sums_file(tmp_path / "valid.jsonl", [(7, 8), (9, 9), (6, 7)])
+    out = tmp_path / "model"
+    command = ["train", "--task", train, "--eval-task", held_out, "--method", "cot", "--out", out, *TINY]
+    assert cli(*command) == 0
+    card = json.loads((out / "card.json").read_text())
+    # test examples from the held-out file (its 3, not the train file's first 2), the train file as the task
+    assert card["task"] == str(train) and card["eval_task"] == str(held_out) and card["test_examples"] == 2
+
+    cfg = TrainConfig(task=str(train), method="cot", batch_size=4, seed=3)
+    task = zoo_train.load_task(str(train))
+    batches = [[e.question for e in zoo_train._train_examples(cfg, task, step)] for step in range(8)]
+    first_epoch = [q for batch in batches[:4] for q in batch][:15]  # 15 examples, batches of 4
+    assert sorted(first_epoch) == sorted(e.question for e in task.examples("train", None, 0))
+    assert batches[0] != batches[1] and batches == [
+        [e.question for e in zoo_train._train_examples(cfg, task, step)] for step in range(8)
+    ]  # a pure function of (seed, step): a resumed run draws the same batches
+
+
+def test_epoch_order_visits_every_index_once_per_epoch_in_a_new_order():
+    n, seed = 10, 5
+    walk = zoo_train.epoch_order(n, seed, 0, 3 * n)
+    epochs = [walk[i * n : (i + 1) * n] for i in range(3)]
+    assert all(sorted(e) == list(range(n)) for e in epochs) and epochs[0] != epochs[1]
+    assert zoo_train.epoch_order(n, seed, 7, 9) == walk[7:16]  # any window of the same walk
+    assert zoo_train.epoch_order(n, seed + 1, 0, n) != epochs[0]
+
+
+def test_an_eval_task_the_tokenizer_cannot_write_is_refused_before_anything_is_written(tmp_path, capsys):
+    train = _sums_file(tmp_path / "train.jsonl", [(1, 2), (3, 4), (2, 2)])
+    held_out = tmp_path / "valid.jsonl"
+    held_out.write_text(json.dumps({"question": "x + y =", "answer": "z"}) + "\n")  # letters: not in train
+    out = tmp_path / "model"
+    assert cli("train", "--task", train, "--eval-task", held_out, "--method", "cot", "--out", out, *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot write" in err and "valid.jsonl" in err, err
+    assert not out.exists()

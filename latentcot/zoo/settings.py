@@ -144,6 +144,11 @@ class TrainConfig:
         help="cot (steps, then answer) | nocot (answer only) | coconut (latent curriculum) | "
         "soft (cot whose uncertain steps are fed soft inputs, see --soft-threshold)."
     )
+    eval_task: str | None = described(
+        None,
+        "Task or .json/.jsonl file whose valid and test examples measure the model (default: --task). "
+        "A file given as --task trains on every one of its examples: name its held-out file here.",
+    )
     init: str | None = described(
         None,
         "A trained model directory (or builtin:NAME) to start from: the cot model for coconut (required)"
@@ -166,7 +171,9 @@ class TrainConfig:
     decay: str = described("none", "Learning rate after warm-up: none (constant) | cosine (to 10 % at a stage's end).")
     weight_decay: float = described(0.01, "AdamW weight decay.")
     grad_clip: float = described(1.0, "Largest global gradient norm.")
-    batch_size: int = described(64, "Examples per step (fresh from the train split each step).")
+    batch_size: int = described(
+        64, "Examples per step (fresh from the train split each step; a file's examples reshuffled each epoch)."
+    )
     steps: int = described(3000, "Optimizer steps (coconut: per curriculum stage).")
     c: int = described(1, "coconut: latent thoughts per replaced step.")
     max_stage: int | None = described(None, "coconut: last stage, all steps latent (default: the task's step count).")

@@ -34,7 +34,7 @@ def texts_of(task: Task, examples: Iterable[Example], answer_prefix: str) -> Ite
         yield example.answer
 
 
-def task_alphabet(task: Task, answer_prefix: str, n: int = SCAN_EXAMPLES, seed: int = 0) -> str:
+def task_alphabet(task: Task, answer_prefix: str, n: int | None = SCAN_EXAMPLES, seed: int = 0) -> str:
     """The sorted characters of ``n`` train examples of ``task`` (with their prompts)."""
     chars = set(ALWAYS)
     for text in texts_of(task, task.examples("train", n, seed), answer_prefix):
@@ -42,7 +42,7 @@ def task_alphabet(task: Task, answer_prefix: str, n: int = SCAN_EXAMPLES, seed: 
     return "".join(sorted(chars))
 
 
-def task_word_pieces(task: Task, answer_prefix: str, n: int = SCAN_EXAMPLES, seed: int = 0) -> set[str]:
+def task_word_pieces(task: Task, answer_prefix: str, n: int | None = SCAN_EXAMPLES, seed: int = 0) -> set[str]:
     """The word pieces of ``n`` train examples of ``task`` (with their prompts), and every character
     of ``ALWAYS`` with and without a leading space."""
     pieces = {*ALWAYS, *(" " + c for c in ALWAYS.strip())}
@@ -52,7 +52,7 @@ def task_word_pieces(task: Task, answer_prefix: str, n: int = SCAN_EXAMPLES, see
 
 
 def task_tokenizer(
-    task: Task, answer_prefix: str, n: int = SCAN_EXAMPLES, seed: int = 0, kind: str = "char"
+    task: Task, answer_prefix: str, n: int | None = SCAN_EXAMPLES, seed: int = 0, kind: str = "char"
 ) -> PreTrainedTokenizerFast:
     """One token per character (or word piece) the task uses, plus special tokens and thought markers."""
     if kind == "word":

@@ -1,8 +1,10 @@
 """Train a zoo model: ``cot`` (steps then answer), ``nocot`` (answer only), ``coconut`` (latent curriculum),
 ``soft`` (cot fed soft inputs at its uncertain steps, see :func:`latentcot.zoo.forward.soft_inputs`).
 
-Fresh examples from the task's train split every step (the data of step t is a pure function of
-(seed, t), so a resumed run sees exactly the batches an uninterrupted one would). Validation
+Fresh examples from the task's train split every step; a dataset file's examples are instead
+reshuffled each epoch. Either way the data of step t is a pure function of (seed, t), so a resumed
+run sees exactly the batches an uninterrupted one would. Valid and test examples come from
+``eval_task`` when one is given (a file's held-out split), else from the task itself. Validation
 accuracy is measured with greedy decoding through the real :class:`latentcot.engine.Engine`,
 with the same gate, latent mode and markers that ``latentcot run`` would use on the saved model.
 
@@ -40,6 +42,7 @@ from latentcot.latent import make_latent
 from latentcot.looping import LoopConfig
 from latentcot.model import load_model, load_tokenizer
 from latentcot.tasks import Task, load_task
+from latentcot.tasks.files import FileTask
 from latentcot.types import Example
 from latentcot.validation import from_mapping, require
 from latentcot.zoo.data import ANSWER_PREFIX, PROMPT_FILE, Layout, TrainConfig, encode, write_prompt_file
@@ -47,7 +50,7 @@ from latentcot.zoo.forward import loss_of
 from latentcot.zoo.looped import is_looped, training_loops
 from latentcot.zoo.registry import user_root
 from latentcot.zoo.tiny import tiny_config
-from latentcot.zoo.tokenizer import task_tokenizer, texts_of
+from latentcot.zoo.tokenizer import SCAN_EXAMPLES, task_tokenizer, texts_of
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
@@ -129,25 +132,26 @@ def _check_init(init: Path) -> None:
     )
 
 
-def _load_task(cfg: TrainConfig, out: Path, resume: bool) -> Task:
-    """The task, prompted with the template the model is (or was) trained with; reads, never writes."""
+def _load_task(spec: str, cfg: TrainConfig, out: Path, resume: bool) -> Task:
+    """Task ``spec``, prompted with the template the model is (or was) trained with; reads, never writes."""
     if resume:
-        return load_task(cfg.task, str(out / PROMPT_FILE))
+        return load_task(spec, str(out / PROMPT_FILE))
     if cfg.init is not None:
-        return load_task(cfg.task, str(Path(cfg.init) / PROMPT_FILE))
+        return load_task(spec, str(Path(cfg.init) / PROMPT_FILE))
     with tempfile.TemporaryDirectory() as scratch:  # load_task takes a template from a file only
-        return load_task(cfg.task, str(write_prompt_file(Path(scratch))))
+        return load_task(spec, str(write_prompt_file(Path(scratch))))
 
 
-def _check_vocabulary(tokenizer, task: Task, examples: list[Example], init: str) -> None:
-    """An init model trained on another task (a curriculum) must be able to read and write this one:
-    a piece its tokenizer lacks would become ``<unk>`` and train silently on garbage."""
+def _check_vocabulary(tokenizer, task: Task, examples: list[Example], whose: str) -> None:
+    """The tokenizer must be able to read and write ``examples``: an init model's (trained on another
+    task, a curriculum) and a new one built from the train task, facing a separate eval task. A piece
+    it lacks would become ``<unk>`` and train or score silently on garbage."""
     for example in examples:
         for text in texts_of(task, [example], ANSWER_PREFIX):
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             require(
                 tokenizer.unk_token_id not in ids,
-                f"--init {init}: its tokenizer cannot write {task.spec!r} (unknown pieces in {text[:60]!r})",
+                f"{whose} cannot write {task.spec!r} (unknown pieces in {text[:60]!r})",
             )
 
 
@@ -156,16 +160,32 @@ def _read_tokenizer(model_dir: Path):
 
 
 def _train_examples(cfg: TrainConfig, task: Task, step: int) -> list[Example]:
-    """The batch of step ``step``: a pure function of (seed, step), so a resumed run draws the same."""
-    return task.examples("train", cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
+    """The batch of step ``step``: a pure function of (seed, step), so a resumed run draws the same.
+    A generator makes fresh examples; a file's are walked in an order reshuffled every epoch."""
+    if not isinstance(task, FileTask):
+        return task.examples("train", cfg.batch_size, seed=cfg.seed * 1_000_003 + step)
+    examples = task.examples("train", None, cfg.seed)
+    return [examples[i] for i in epoch_order(len(examples), cfg.seed, step * cfg.batch_size, cfg.batch_size)]
 
 
-def _check_examples(cfg: TrainConfig, task: Task) -> list[Example]:
+def epoch_order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Items ``start .. start + count`` of the endless sequence of permutations of ``range(n)``, one
+    permutation per epoch, seeded by (seed, epoch): every example once per epoch, in a new order."""
+    indices: list[int] = []
+    for position in range(start, start + count):
+        epoch, within = divmod(position, n)
+        if within == 0 or not indices:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        indices.append(int(order[within]))
+    return indices
+
+
+def _check_examples(cfg: TrainConfig, task: Task, eval_task: Task) -> list[Example]:
     """The valid examples. A train batch and the test examples are drawn too (cheap and deterministic),
     so a task that cannot fill a split is refused before anything is written."""
     _train_examples(cfg, task, 0)
-    task.examples("test", cfg.test_examples, cfg.seed)
-    return task.examples("valid", cfg.eval_examples, cfg.seed)
+    eval_task.examples("test", cfg.test_examples, cfg.seed)
+    return eval_task.examples("valid", cfg.eval_examples, cfg.seed)
 
 
 def _write_start(cfg: TrainConfig, out: Path, tokenizer) -> None:
@@ -179,33 +199,39 @@ def _write_start(cfg: TrainConfig, out: Path, tokenizer) -> None:
 
 
 def _prepare(cfg: TrainConfig, out: Path, resume: bool):
-    """(cfg, model, tokenizer, task, valid examples) ready to train, with ``cfg`` resolved (an init
+    """(cfg, model, tokenizer, task, eval task, valid examples) ready to train, with ``cfg`` resolved (an init
     model's shape and tokenizer, coconut's last stage). Every input is read and checked first; only
     then does a fresh start write prompt.json and the tokenizer, so a refused command writes nothing."""
     _check_device(cfg.device)
     if cfg.init is not None:
         _check_init(Path(cfg.init))
-    task = _load_task(cfg, out, resume)
+    task = _load_task(cfg.task, cfg, out, resume)
+    eval_task = task if cfg.eval_task is None else _load_task(cfg.eval_task, cfg, out, resume)
     if cfg.init is not None:
         init = load_model(ModelConfig(cfg.init, device="cpu", dtype="float32"))
         model, tokenizer = init.model, init.tokenizer
         # record the shape actually trained, not the defaults that an init model overrides
         cfg = dataclasses.replace(cfg, **_shape_of(model.config), tokenizer=_tokenizer_kind(Path(cfg.init)))
     else:
-        tokenizer = _read_tokenizer(out) if resume else task_tokenizer(task, ANSWER_PREFIX, kind=cfg.tokenizer)
+        # a file's every example is scanned (a piece only its later examples use would be <unk>)
+        scan = None if isinstance(task, FileTask) else SCAN_EXAMPLES
+        tokenizer = _read_tokenizer(out) if resume else task_tokenizer(task, ANSWER_PREFIX, scan, kind=cfg.tokenizer)
         model = _new_model(cfg, tokenizer)
     if cfg.method == "coconut" and cfg.max_stage is None:
         steps_per_example = len(task.examples("train", 1, cfg.seed)[0].steps)
         cfg = dataclasses.replace(cfg, max_stage=max(1, steps_per_example))
-    valid = _check_examples(cfg, task)
+    valid = _check_examples(cfg, task, eval_task)
     if cfg.init is not None:
-        _check_vocabulary(tokenizer, task, valid, cfg.init)
+        _check_vocabulary(tokenizer, task, _train_examples(cfg, task, 0), f"--init {cfg.init}: its tokenizer")
+    if cfg.init is not None or cfg.eval_task is not None:
+        whose = f"--init {cfg.init}: its tokenizer" if cfg.init else f"the tokenizer built from {cfg.task!r}"
+        _check_vocabulary(tokenizer, eval_task, valid, whose)
     if not resume:
         _write_start(cfg, out, tokenizer)
     # Read back what was written, so a fresh run and a resumed one tokenize with the very same files.
     tokenizer = _read_tokenizer(out)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    return cfg, model.to(device=cfg.device, dtype=dtype), tokenizer, task, valid
+    return cfg, model.to(device=cfg.device, dtype=dtype), tokenizer, task, eval_task, valid
 
 
 def evaluate(model, tokenizer, task, examples, decode: dict, batch_size: int = 100) -> float:
@@ -284,7 +310,7 @@ def train(
     after checkpointing, as an interruption would (``resume`` continues from there)."""
     out = Path(out).expanduser()
     cfg = _check_out(cfg, out, resume)
-    cfg, model, tokenizer, task, valid = _prepare(cfg, out, resume)
+    cfg, model, tokenizer, task, eval_task, valid = _prepare(cfg, out, resume)
     optimizer, step, seconds = _optimizer(cfg, model), 0, 0.0
     if resume:
         state = torch.load(out / CHECKPOINT, weights_only=False, map_location=cfg.device)
@@ -321,7 +347,7 @@ def train(
         bar.set_postfix(stage=stage, loss=f"{losses[-1]:.3f}")
         stage_done = step % cfg.steps == 0 or step == cfg.total_steps
         if step % cfg.eval_every == 0 or stage_done or step == stop_at:
-            accuracy = evaluate(model, tokenizer, task, valid, cfg.decode(stage))
+            accuracy = evaluate(model, tokenizer, eval_task, valid, cfg.decode(stage))
             seconds = time.monotonic() - started
             line = {
                 "step": step,
@@ -339,7 +365,7 @@ def train(
     bar.close()
     if step < cfg.total_steps:
         return {}
-    return _finish(cfg, out, model, tokenizer, task, seconds, argv)
+    return _finish(cfg, out, model, tokenizer, task, eval_task, seconds, argv)
 
 
 def resave(model_dir: Path, save_dtype: str) -> dict:
@@ -351,8 +377,9 @@ def resave(model_dir: Path, save_dtype: str) -> dict:
     cfg = from_mapping(TrainConfig, {**card["config"], "save_dtype": save_dtype, "device": "cpu"})
     loaded = load_model(ModelConfig(str(model_dir), device="cpu", dtype="float32"))
     task = load_task(cfg.task, str(model_dir / PROMPT_FILE))
+    eval_task = task if cfg.eval_task is None else load_task(cfg.eval_task, str(model_dir / PROMPT_FILE))
     argv = [a for a in shlex.split(card["train_command"] or "") if a] + ["--save-dtype", save_dtype]
-    return _finish(cfg, model_dir, loaded.model, loaded.tokenizer, task, card["train_seconds"], argv)
+    return _finish(cfg, model_dir, loaded.model, loaded.tokenizer, task, eval_task, card["train_seconds"], argv)
 
 
 def _save_checkpoint(out: Path, cfg: TrainConfig, model, optimizer, step: int, stage: int, seconds: float) -> None:
@@ -370,18 +397,19 @@ def _save_checkpoint(out: Path, cfg: TrainConfig, model, optimizer, step: int, s
     partial.replace(out / CHECKPOINT)  # atomic: a kill never leaves a torn checkpoint
 
 
-def _finish(cfg: TrainConfig, out: Path, model, tokenizer, task, seconds: float, argv) -> dict:
-    """Test accuracy, HF weights and the card."""
+def _finish(cfg: TrainConfig, out: Path, model, tokenizer, task, eval_task, seconds: float, argv) -> dict:
+    """Test accuracy (on ``eval_task``'s test split), HF weights and the card."""
     decode = cfg.decode(cfg.stages[-1])
-    test = task.examples("test", cfg.test_examples, cfg.seed)
+    test = eval_task.examples("test", cfg.test_examples, cfg.seed)
     saved = getattr(torch, cfg.save_dtype)  # float32 | float16 | bfloat16
     with torch.no_grad():  # round to the saved precision first, so the card describes the shipped weights
         for parameter in model.parameters():
             parameter.copy_(parameter.to(saved))
-    accuracy = evaluate(model, tokenizer, task, test, decode)
+    accuracy = evaluate(model, tokenizer, eval_task, test, decode)
     model.to(saved).save_pretrained(out)
     card = {
         "task": task.spec,
+        **({"eval_task": eval_task.spec} if cfg.eval_task is not None else {}),
         "method": cfg.method,
         "arch": model.config.model_type,
         "params": sum(p.numel() for p in model.parameters()),
