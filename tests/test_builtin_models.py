@@ -60,14 +60,20 @@ def uncertain_share(model, n: int = N) -> float:
     return sum(h > 0.3 for h in entropies) / len(entropies)
 
 
-def test_fork_families_have_both_kinds_of_fork_and_a_latent_twin():
+# Share of token-CoT steps above 0.3 nats, per kind of fork (docs/results.md, "Fork families"): equivalent forks
+# at four of ~35 tokens; one uncertain fork in ~34 tokens (1 / 34 ≈ 0.03, a few more where the model is unsure
+# twice); "resolved": a task built with uncertain forks that the model settles by looking two facts ahead.
+SHARE_BOUNDS = {"equivalent": (0.10, 1.0), "uncertain": (0.02, 0.10), "resolved": (0.0, 0.02)}
+
+
+def test_fork_families_have_each_kind_of_fork_and_a_latent_twin():
     forks = {m.card["forks"]: m for m in BUILTIN.values() if m.card.get("forks") and m.card["method"] == "cot"}
-    assert set(forks) == {"equivalent", "uncertain"}
-    for kind, cot in forks.items():  # uncertain at as many steps as the card says; >= 10 % at equivalent forks
+    assert set(forks) == set(SHARE_BOUNDS)
+    for kind, cot in forks.items():  # uncertain at as many steps as the card says, and as its kind of fork implies
         measured = uncertain_share(cot)
-        assert abs(measured - cot.card["uncertain_steps"]) < 0.03, (cot.name, measured)
-        # a model that looks two facts ahead resolves the uncertain family's forks (docs/results.md)
-        assert measured >= 0.10 if kind == "equivalent" else measured < 0.05, (cot.name, measured)
+        assert abs(measured - cot.card["uncertain_steps"]) < 0.015, (cot.name, measured)
+        low, high = SHARE_BOUNDS[kind]
+        assert low <= measured < high, (cot.name, measured)
         twins = [m for m in BUILTIN.values() if m.card["task"] == cot.card["task"] and m.card["method"] != "cot"]
         assert {"coconut", "soft"} & {m.card["method"] for m in twins}, f"{cot.name} has no latent-trained twin"
 
@@ -151,6 +157,12 @@ def test_teacher_forced_script_finds_the_steps_a_model_cannot_take():
         learned = table(name)
         assert list(learned) == [*(f"step {k}" for k in range(1, lines + 1)), "answer"]
         assert min(acc for cells in learned.values() for acc, _ in cells) >= 0.95, name
+    # at an uncertain fork (the child of the path's second node, "Every m1 is a ?") the model guesses; every
+    # other gold token, the look-ups down the path included, is its argmax
+    uncertain = table("prosqa-4hop-forks-cot")
+    fork = uncertain["step 2"].pop(5)
+    assert fork[0] < 0.8 and fork[1] > 0.5, fork
+    assert min(acc for cells in uncertain.values() for acc, _ in cells) >= 0.95
     # at an equivalent fork the gold order is a draw the model cannot know: the first operand is a guess
     first_operand, *rest = table("sum-any-order-cot")["step 1"]
     assert first_operand[0] < 0.8 and first_operand[1] > 0.5 and rest[0] == (1.0, 0.0)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from latentcot import demo
 from latentcot.zoo import registry
 from test_cli import cli, records
 
@@ -45,7 +46,7 @@ def test_demo_sweeps_every_builtin_model_and_writes_reports(zoo, tmp_path, capsy
         assert (out / name / "report" / "report.html").is_file()
         manifest = json.loads((out / name / "manifest.json").read_text())
         # the answer-level probe where no thought markers are fed; the step probe on COCONUT models
-        assert manifest["config"]["measure"] == (["rollout:max=4"] if name == "adder-cot" else ["counterfactual"])
+        assert manifest["config"]["measure"] == ([demo.ROLLOUT] if name == "adder-cot" else ["counterfactual"])
         assert manifest["config"]["prompt_file"] == str(zoo / name / "prompt.json")
         assert "method comparison" in printed  # several methods: the report opens with the comparison
     overview = list(csv.DictReader((out / "overview.csv").open()))
