@@ -32,10 +32,9 @@ DEFAULT_THRESHOLDS = (0.01, 0.03, 0.1, 0.3, 1.0)
 # Published methods decoded beside the sweep. SwiReasoning blends thought markers into its switches only for
 # a model trained with them (the zoo's tokenizer has <bot>/<eot> whether or not a model saw them).
 METHODS = ("soft-thinking", "swir:markers=none")
-# Answer-level branches at token steps 0, 5 and 10 of each trajectory. In the fork families these hold
-# confident steps and a fork: the first and third operand choices of the equivalent family (steps 0 and
-# 10), the child chosen at the uncertain family's fork ("Every m1 is a ?", step 10), the person's first
-# node in the resolved family (step 3 is not probed there: steps 0, 5, 10 are all confident).
+# Answer-level branches at token steps 0, 5 and 10 of each trajectory: confident steps and, in the fork
+# families, a fork: the first and third operand choices of the equivalent family (steps 0 and 10), the
+# child chosen at the uncertain family's fork ("Every m1 is a ?", step 10).
 ROLLOUT = "rollout:every=5,max=3"
 
 
