@@ -120,6 +120,9 @@ def test_parameters_added_later_stay_out_of_the_spec_until_set():
     assert load_task("prosqa:branches=1").spec == "prosqa:hops=3,dead=1,distract=2,extra=2"
     # the spec seeds the problems: an old spec still yields the problems it always did
     assert load_task("prosqa:branches=1").examples("test", 5, 0) == load_task("prosqa").examples("test", 5, 0)
+    shipped = "prosqa:hops=4,dead=3,distract=1,extra=0,branches=2"
+    assert load_task(shipped + ",mimic=0").spec == shipped
+    assert load_task(shipped + ",mimic=0").examples("test", 5, 0) == load_task(shipped).examples("test", 5, 0)
 
 
 def test_addition_reverse_writes_least_significant_digit_first():
@@ -265,6 +268,8 @@ def _bfs(graph, start):
         ("prosqa:hops=5,dead=3,distract=3,extra=6", 5),
         ("prosqa:hops=2,dead=0,distract=1,extra=0", 2),
         ("prosqa:hops=3,dead=2,distract=1,extra=2,branches=3", 3),
+        ("prosqa:hops=4,dead=3,distract=1,extra=0,branches=2,mimic=1", 4),
+        ("prosqa:hops=5,dead=2,distract=2,extra=3,branches=4,mimic=1", 5),
     ],
 )
 def test_prosqa_answers_match_an_independent_graph_search(spec, hops):
@@ -305,6 +310,36 @@ def test_prosqa_branches_give_every_path_step_a_second_child_that_leads_nowhere(
             assert dead in graph, "the dead child leads on, so only looking ahead separates the two"
             assert not set(options) & set(_bfs(graph, dead)), "a dead branch reaches neither answer"
             node = sup
+
+
+@pytest.mark.parametrize("hops,dead,branches", [(4, 3, 2), (5, 2, 3), (3, 2, 3)])
+def test_prosqa_mimic_gives_the_two_children_of_every_fork_the_same_out_degree(hops, dead, branches):
+    spec = f"prosqa:hops={hops},dead={dead},distract=1,extra=0,branches={branches},mimic=1"
+    plain = load_task(spec.removesuffix(",mimic=1")).examples("test", 30, 0)
+    for example, unshaped in zip(load_task(spec).examples("test", 30, 0), plain):
+        person, options, graph = _prosqa_parse(example.question)
+        node = person
+        for i, step in enumerate(example.steps[:branches]):
+            sup = re.fullmatch(r"(?:Every )?\w+ is a (\w+)\.", step).group(1)
+            (dead_child,) = graph[node] - {sup}
+            assert len(graph.get(dead_child, ())) == len(graph.get(sup, ())), "out-degree tells them apart"
+            assert not set(options) & set(_bfs(graph, dead_child)), "a dead branch reaches neither answer"
+            depth = max(_bfs(graph, dead_child).values())
+            assert depth == (dead - 1 if graph.get(sup) else 0), "each dead branch is `dead` facts deep"
+            node = sup
+        # without mimic the dead branches are chains: at the person the right child has more children
+        person, _, graph = _prosqa_parse(unshaped.question)
+        right = re.fullmatch(r"\w+ is a (\w+)\.", unshaped.steps[0]).group(1)
+        (dead_child,) = graph[person] - {right}
+        assert len(graph[dead_child]) == 1 < len(graph[right])
+    fans = [0 if i + 1 == hops else 2 if i + 1 < branches else 1 for i in range(branches)]
+    facts = hops + sum(1 + fan * (dead - 1) for fan in fans) + 1
+    assert all(e.question.count(" is a ") == facts for e in load_task(spec).examples("test", 10, 0))
+
+
+def test_prosqa_mimic_needs_branches_with_children():
+    with pytest.raises(InputError, match="prosqa:dead"):
+        load_task("prosqa:dead=1,mimic=1")
 
 
 def test_prosqa_small_parameter_set_gives_three_facts():

@@ -15,13 +15,18 @@ Graph, by role (sizes are parameters):
   target tells which one to follow: an *uncertain fork*, where a model that cannot yet resolve it
   spreads its next-token probability over both (COCONUT's case for a continuous thought keeping
   several frontier nodes alive);
+- with ``mimic=1`` (and ``dead`` ≥ 2) a dead branch is shaped like the path beside it: its first node
+  has as many children as the path node it sits beside, each starting a chain down to ``dead`` edges
+  from the fork. Then out-degree does not tell the two children of a fork apart (with plain chains the
+  right child is the one with two children), and every fork that needs a look-ahead of two facts or
+  more past its children is uncertain;
 - a *distractor chain* n0 → … → neg_target (``distract`` edges) that the person cannot reach;
 - up to ``extra`` random edges, each kept only if the graph stays acyclic, the negative target
   stays unreachable and the shortest route to the target stays exactly ``hops`` long (tiny
   graphs may have room for fewer).
 
 So ``hops`` is the reasoning depth, and the number of facts is ``hops + branches·dead + distract``
-plus the extra edges. ``prosqa:hops=2,dead=0,distract=1,extra=0`` gives three-fact problems that a
+plus the extra edges (with ``mimic=1`` a branch beside a forking path node has ``2·dead − 1``). ``prosqa:hops=2,dead=0,distract=1,extra=0`` gives three-fact problems that a
 tiny model can learn on a CPU; the defaults give eight facts.
 
 Examples carry the COCONUT ProsQA fields in ``meta`` (``edges``, ``root``, ``target``,
@@ -41,15 +46,17 @@ from latentcot.tasks.words import CONCEPTS, PEOPLE
 @dataclass(frozen=True)
 class ProsQAParams(Params):
     """``hops``: path length to the target; ``dead``/``distract``: branch lengths; ``extra``;
-    ``branches``: how many path nodes (from the person on) start a dead branch."""
+    ``branches``: how many path nodes (from the person on) start a dead branch; ``mimic``: 1 shapes
+    each dead branch like the path beside it (out-degree)."""
 
     task = "prosqa"
-    added_later = ("branches",)
+    added_later = ("branches", "mimic")
     hops: int = 3
     dead: int = 1
     distract: int = 2
     extra: int = 2
     branches: int = 1
+    mimic: int = 0
 
     def __post_init__(self) -> None:
         self._require("hops", 1, 32)
@@ -57,6 +64,9 @@ class ProsQAParams(Params):
         self._require("distract", 1, 32)
         self._require("extra", 0, 64)
         self._require("branches", 1, self.hops)
+        self._require("mimic", 0, 1)
+        if self.mimic:
+            self._require("dead", 2, 32)  # a one-node branch has no children to shape
 
 
 def reachable(edges: list[tuple[int, int]], start: int) -> set[int]:
@@ -95,17 +105,27 @@ class ProsQATask(GeneratorTask):
 
     def make(self, rng: random.Random) -> Problem:
         p = self.params
-        dead_nodes = p.branches * p.dead
-        count = 1 + p.hops + dead_nodes + p.distract + 1
+        fans = [self._fan(i) for i in range(p.branches)]  # children of each dead branch's first node
+        sizes = [1 + fan * (p.dead - 1) for fan in fans] if p.mimic else [p.dead] * p.branches
+        count = 1 + p.hops + sum(sizes) + p.distract + 1
         symbols = [rng.choice(PEOPLE)] + rng.sample(CONCEPTS, count - 1)
         order = list(range(count))
         rng.shuffle(order)  # node ids by role -> index in idx_to_symbol
         root = order[0]
         path = [root] + order[1 : 1 + p.hops]
-        first_dead = 1 + p.hops
-        dead = [[path[i]] + order[first_dead + i * p.dead : first_dead + (i + 1) * p.dead] for i in range(p.branches)]
-        chain = order[first_dead + dead_nodes :]
-        edges = [e for line in (path, *dead, chain) for e in zip(line, line[1:])]
+        lines, start = [path], 1 + p.hops
+        for i, size in enumerate(sizes):
+            nodes = order[start : start + size]
+            start += size
+            if p.mimic:  # path[i] -> d, then `fan` chains from d, each dead - 1 edges long
+                d, rest = nodes[0], nodes[1:]
+                lines.append([path[i], d])
+                lines += [[d] + rest[k * (p.dead - 1) : (k + 1) * (p.dead - 1)] for k in range(fans[i])]
+            else:
+                lines.append([path[i]] + nodes)
+        chain = order[start:]
+        lines.append(chain)
+        edges = [e for line in lines for e in zip(line, line[1:])]
         target, neg_target = path[-1], chain[-1]
         self._add_extra(rng, edges, root, target, neg_target)
         rng.shuffle(edges)
@@ -113,6 +133,13 @@ class ProsQATask(GeneratorTask):
         for role, index in enumerate(order):
             idx_to_symbol[index] = symbols[role]
         return self._problem(rng, edges, path, root, target, neg_target, idx_to_symbol)
+
+    def _fan(self, i: int) -> int:
+        """Out-degree of path node i + 1 from the path and the dead branches (before extra edges)."""
+        p = self.params
+        if i + 1 == p.hops:
+            return 0  # the target
+        return 2 if i + 1 < p.branches else 1
 
     def _add_extra(self, rng, edges, root, target, neg_target) -> None:
         nodes = sorted({n for e in edges for n in e})
