@@ -61,18 +61,19 @@ def uncertain_share(model, n: int = N) -> float:
 
 
 # Share of token-CoT steps above 0.3 nats, per kind of fork (docs/results.md, "Fork families"): equivalent forks
-# at four of ~35 tokens; one uncertain fork in ~34 tokens (1 / 34 ≈ 0.03, a few more where the model is unsure
-# twice); "resolved": a task built with uncertain forks that the model settles by looking two facts ahead.
+# at four of ~35 tokens; one or two uncertain forks in ~30-34 tokens (1 / 34 ≈ 0.03, 2 / 30 ≈ 0.07; a wrong
+# child ends the solution early); "resolved": a task built with uncertain forks that the model settles by
+# looking two facts ahead.
 SHARE_BOUNDS = {"equivalent": (0.10, 1.0), "uncertain": (0.02, 0.10), "resolved": (0.0, 0.02)}
 
 
 def test_fork_families_have_each_kind_of_fork_and_a_latent_twin():
-    forks = {m.card["forks"]: m for m in BUILTIN.values() if m.card.get("forks") and m.card["method"] == "cot"}
-    assert set(forks) == set(SHARE_BOUNDS)
-    for kind, cot in forks.items():  # uncertain at as many steps as the card says, and as its kind of fork implies
+    cots = [m for m in BUILTIN.values() if m.card.get("forks") and m.card["method"] == "cot"]
+    assert {m.card["forks"] for m in cots} == set(SHARE_BOUNDS)
+    for cot in cots:  # uncertain at as many steps as the card says, and as its kind of fork implies
         measured = uncertain_share(cot)
         assert abs(measured - cot.card["uncertain_steps"]) < 0.015, (cot.name, measured)
-        low, high = SHARE_BOUNDS[kind]
+        low, high = SHARE_BOUNDS[cot.card["forks"]]
         assert low <= measured < high, (cot.name, measured)
         twins = [m for m in BUILTIN.values() if m.card["task"] == cot.card["task"] and m.card["method"] != "cot"]
         assert {"coconut", "soft"} & {m.card["method"] for m in twins}, f"{cot.name} has no latent-trained twin"
@@ -163,6 +164,11 @@ def test_teacher_forced_script_finds_the_steps_a_model_cannot_take():
     fork = uncertain["step 2"].pop(5)
     assert fork[0] < 0.8 and fork[1] > 0.5, fork
     assert min(acc for cells in uncertain.values() for acc, _ in cells) >= 0.95
+    # dead branches shaped like the path (mimic=1): the person's fork ("Tom is a ?") is a guess as well
+    two = table("prosqa-4hop-2forks-cot")
+    forks = [two["step 1"].pop(3), two["step 2"].pop(5)]
+    assert all(acc < 0.8 and entropy > 0.5 for acc, entropy in forks), forks
+    assert min(acc for cells in two.values() for acc, _ in cells) >= 0.95
     # at an equivalent fork the gold order is a draw the model cannot know: the first operand is a guess
     first_operand, *rest = table("sum-any-order-cot")["step 1"]
     assert first_operand[0] < 0.8 and first_operand[1] > 0.5 and rest[0] == (1.0, 0.0)
