@@ -1,6 +1,6 @@
 """COCONUT's Table 1 at small scale: the built-in models of one family, each decoded as it was trained.
 
-    python benchmarks/coconut_table.py [--family prosqa-4hop-forks] [--limit 500]
+    python benchmarks/coconut_table.py [--family prosqa-4hop-2forks] [--limit 500]
 
 A family is the built-in models named ``<family>-<method>`` (cot, nocot, coconut, soft). Each decodes
 the first ``--limit`` test problems of its card's task greedily, with its card's decoding (token CoT,
@@ -26,7 +26,7 @@ PAPER = {"nocot": "76.7 %", "cot": "77.5 %", "coconut": "97.0 %"}  # COCONUT (20
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="prosqa-4hop-forks")
+    parser.add_argument("--family", default="prosqa-4hop-2forks")
     parser.add_argument("--limit", type=int, default=500)
     args = parser.parse_args()
     zoo = {m.name: m for m in list_models()}

@@ -61,22 +61,26 @@ def uncertain_share(model, n: int = N) -> float:
 
 
 # Share of token-CoT steps above 0.3 nats, per kind of fork (docs/results.md, "Fork families"): equivalent forks
-# at four of ~35 tokens; one or two uncertain forks in ~30-34 tokens (1 / 34 ≈ 0.03, 2 / 30 ≈ 0.07; a wrong
-# child ends the solution early); "resolved": a task built with uncertain forks that the model settles by
-# looking two facts ahead.
-SHARE_BOUNDS = {"equivalent": (0.10, 1.0), "uncertain": (0.02, 0.10), "resolved": (0.0, 0.02)}
+# at four of ~35 tokens; uncertain forks one to four per solution (1 / 34 ≈ 0.03 up to ≈ 0.11: a wrong child
+# ends the solution early); "resolved": a task built with uncertain forks that the model settles by looking
+# two facts ahead.
+SHARE_BOUNDS = {"equivalent": (0.10, 1.0), "uncertain": (0.02, 0.20), "resolved": (0.0, 0.02)}
 
 
 def test_fork_families_have_each_kind_of_fork_and_a_latent_twin():
     cots = [m for m in BUILTIN.values() if m.card.get("forks") and m.card["method"] == "cot"]
     assert {m.card["forks"] for m in cots} == set(SHARE_BOUNDS)
+    highest = {}
     for cot in cots:  # uncertain at as many steps as the card says, and as its kind of fork implies
         measured = uncertain_share(cot)
         assert abs(measured - cot.card["uncertain_steps"]) < 0.015, (cot.name, measured)
         low, high = SHARE_BOUNDS[cot.card["forks"]]
         assert low <= measured < high, (cot.name, measured)
+        highest[cot.card["forks"]] = max(measured, highest.get(cot.card["forks"], 0.0))
         twins = [m for m in BUILTIN.values() if m.card["task"] == cot.card["task"] and m.card["method"] != "cot"]
         assert {"coconut", "soft"} & {m.card["method"] for m in twins}, f"{cot.name} has no latent-trained twin"
+    # both kinds of fork that token CoT cannot settle reach 10 % of the steps in at least one family
+    assert highest["equivalent"] >= 0.10 and highest["uncertain"] >= 0.10, highest
 
 
 def test_a_coconut_model_beats_the_nocot_model_of_its_task():
@@ -169,6 +173,11 @@ def test_teacher_forced_script_finds_the_steps_a_model_cannot_take():
     forks = [two["step 1"].pop(3), two["step 2"].pop(5)]
     assert all(acc < 0.8 and entropy > 0.5 for acc, entropy in forks), forks
     assert min(acc for cells in two.values() for acc, _ in cells) >= 0.95
+    # six hops, four shaped dead branches: a guess at each of the first four path nodes, nothing else
+    four = table("prosqa-6hop-4forks-cot")
+    forks = [four["step 1"].pop(3)] + [four[f"step {k}"].pop(5) for k in (2, 3, 4)]
+    assert all(acc < 0.8 and entropy > 0.5 for acc, entropy in forks), forks
+    assert min(acc for cells in four.values() for acc, _ in cells) >= 0.95
     # at an equivalent fork the gold order is a draw the model cannot know: the first operand is a guess
     first_operand, *rest = table("sum-any-order-cot")["step 1"]
     assert first_operand[0] < 0.8 and first_operand[1] > 0.5 and rest[0] == (1.0, 0.0)
