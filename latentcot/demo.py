@@ -34,7 +34,7 @@ DEFAULT_THRESHOLDS = (0.01, 0.03, 0.1, 0.3, 1.0)
 METHODS = ("soft-thinking", "swir:markers=none")
 # Answer-level branches at token steps 0, 5 and 10 of each trajectory: confident steps and, in the fork
 # families, a fork: the first and third operand choices of the equivalent family (steps 0 and 10), the
-# child chosen at the uncertain family's fork ("Every m1 is a ?", step 10).
+# child chosen at the uncertain families' second fork ("Every m1 is a ?", step 10).
 ROLLOUT = "rollout:every=5,max=3"
 
 
