@@ -319,7 +319,7 @@ def test_prosqa_mimic_gives_the_two_children_of_every_fork_the_same_out_degree(h
     for example, unshaped in zip(load_task(spec).examples("test", 30, 0), plain):
         person, options, graph = _prosqa_parse(example.question)
         node = person
-        for i, step in enumerate(example.steps[:branches]):
+        for step in example.steps[:branches]:
             sup = re.fullmatch(r"(?:Every )?\w+ is a (\w+)\.", step).group(1)
             (dead_child,) = graph[node] - {sup}
             assert len(graph.get(dead_child, ())) == len(graph.get(sup, ())), "out-degree tells them apart"

@@ -26,8 +26,9 @@ Graph, by role (sizes are parameters):
   graphs may have room for fewer).
 
 So ``hops`` is the reasoning depth, and the number of facts is ``hops + branches·dead + distract``
-plus the extra edges (with ``mimic=1`` a branch beside a forking path node has ``2·dead − 1``). ``prosqa:hops=2,dead=0,distract=1,extra=0`` gives three-fact problems that a
-tiny model can learn on a CPU; the defaults give eight facts.
+plus the extra edges (with ``mimic=1`` a branch beside a forking path node has ``2·dead − 1``).
+``prosqa:hops=2,dead=0,distract=1,extra=0`` gives three-fact problems that a tiny model can learn on a CPU;
+the defaults give eight facts.
 
 Examples carry the COCONUT ProsQA fields in ``meta`` (``edges``, ``root``, ``target``,
 ``neg_target``, ``idx_to_symbol``; node indices point into ``idx_to_symbol``, which also holds the
