@@ -323,8 +323,9 @@ def test_prosqa_mimic_gives_the_two_children_of_every_fork_the_same_out_degree(h
             sup = re.fullmatch(r"(?:Every )?\w+ is a (\w+)\.", step).group(1)
             (dead_child,) = graph[node] - {sup}
             assert len(graph.get(dead_child, ())) == len(graph.get(sup, ())), "out-degree tells them apart"
-            assert not set(options) & set(_bfs(graph, dead_child)), "a dead branch reaches neither answer"
-            depth = max(_bfs(graph, dead_child).values())
+            below = _bfs(graph, dead_child)
+            assert not set(options) & set(below), "a dead branch reaches neither answer"
+            depth = max(below.values())
             assert depth == (dead - 1 if graph.get(sup) else 0), "each dead branch is `dead` facts deep"
             node = sup
         # without mimic the dead branches are chains: at the person the right child has more children
@@ -338,7 +339,7 @@ def test_prosqa_mimic_gives_the_two_children_of_every_fork_the_same_out_degree(h
 
 
 def test_prosqa_mimic_needs_branches_with_children():
-    with pytest.raises(InputError, match="prosqa:dead"):
+    with pytest.raises(InputError, match="prosqa:dead: 1; mimic=1 needs dead >= 2"):
         load_task("prosqa:dead=1,mimic=1")
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from latentcot.tasks.base import GeneratorTask, Params, Problem
 from latentcot.tasks.words import CONCEPTS, PEOPLE
+from latentcot.validation import require
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,10 @@ class ProsQAParams(Params):
         self._require("extra", 0, 64)
         self._require("branches", 1, self.hops)
         self._require("mimic", 0, 1)
-        if self.mimic:
-            self._require("dead", 2, 32)  # a one-node branch has no children to shape
+        require(
+            not self.mimic or self.dead >= 2,  # a one-node branch has no children to shape
+            f"bad value for prosqa:dead: {self.dead}; mimic=1 needs dead >= 2",
+        )
 
 
 def reachable(edges: list[tuple[int, int]], start: int) -> set[int]:
